@@ -1,0 +1,1 @@
+"""elmo_fast: a fast, faithful ELMo."""
