@@ -52,7 +52,10 @@ class Backend:
     def reasons(self, inputs: Dict[str, Any], forced: bool) -> List[str]:
         if self.load() is None:
             return [self._import_error]
-        return list(self.check(inputs, forced)) if self.check is not None else []
+        why = list(self.check(inputs, forced)) if self.check is not None else []
+        if self.name != "torch" and torch.is_grad_enabled() and any(t.requires_grad for t in tensors_of(inputs)):
+            why.append("inputs require grad and only the torch backend has a backward pass")
+        return why
 
 
 def tensors_of(inputs: Dict[str, Any]) -> List[torch.Tensor]:

@@ -60,7 +60,7 @@ def lstm_layer_ref(
         # padded steps neither output nor advance the state
         h = torch.where(a, h_new, h)
         c = torch.where(a, c_new, c)
-        out[:, t] = h_new * a
+        out[:, t] = torch.where(a, h_new, 0.0)
     if reverse:
         out = torch.gather(out, 1, idx.unsqueeze(-1).expand_as(out))
     return out, h, c

@@ -1,0 +1,360 @@
+"""allennlp-compatible nn.Modules: CharEncoder, BiLm, ScalarMix, Elmo.
+
+The modules hold parameters and state and call the ops in `elmo_fast.ops`, which pick the fastest
+backend for each call (cuda / triton / torch). With the torch backend this is the reference path.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from . import ops
+from .chars import BOS_CHARS, EOS_CHARS, tokens_to_char_ids
+from .dedup import unique_tokens
+from .weights import ElmoOptions, ElmoWeights, load_model
+
+logger = logging.getLogger(__name__)
+
+
+def _param(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
+    return nn.Parameter(t.clone(), requires_grad=requires_grad)
+
+
+def add_sentence_boundaries(
+    x: torch.Tensor, mask: torch.Tensor, bos: torch.Tensor, eos: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Wraps each row in bos ... eos (allennlp's add_sentence_boundary_token_ids).
+
+    x: [B, T, *] with padding after each row's mask.sum() items, mask: [B, T] bool,
+    bos/eos: [*] -> ([B, T + 2, *], mask [B, T + 2] bool). Padding positions are zeros.
+    """
+    B, T = mask.shape
+    lengths = mask.sum(1)
+    out = x.new_zeros((B, T + 2) + tuple(x.shape[2:]))
+    out[:, 1 : T + 1] = torch.where(mask.view(B, T, *([1] * (x.dim() - 2))), x, torch.zeros_like(x))
+    out[:, 0] = bos
+    out[torch.arange(B, device=x.device), lengths + 1] = eos
+    new_mask = torch.arange(T + 2, device=mask.device).view(1, -1) < (lengths + 2).view(-1, 1)
+    return out, new_mask
+
+
+def remove_sentence_boundaries(x: torch.Tensor, mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Drops the first and last real position of each row (allennlp's remove_sentence_boundaries).
+
+    x: [B, T, D], mask: [B, T] -> ([B, T - 2, D] zeros beyond each row, mask [B, T - 2] long)
+    """
+    lengths = mask.long().sum(1)
+    T = x.size(1)
+    new_mask = torch.arange(max(T - 2, 0), device=x.device).view(1, -1) < (lengths - 2).view(-1, 1)
+    out = torch.where(new_mask.unsqueeze(-1), x[:, 1 : T - 1], torch.zeros((), dtype=x.dtype, device=x.device))
+    return out, new_mask.long()
+
+
+class CharEncoder(nn.Module):
+    """Characters -> token vectors: char embedding, convolutions, max-pool, activation, highway,
+    projection (allennlp's _ElmoCharacterEncoder). Distinct tokens are encoded once."""
+
+    def __init__(self, weights: ElmoWeights, requires_grad: bool = False):
+        super().__init__()
+        self.options: ElmoOptions = weights.options
+        self.char_embed = _param(weights.char_embed, requires_grad)
+        self.conv_w = nn.ParameterList([_param(w, requires_grad) for w in weights.conv_w])
+        self.conv_b = nn.ParameterList([_param(b, requires_grad) for b in weights.conv_b])
+        self.highway = nn.ModuleList()
+        for layer in weights.highway:
+            self.highway.append(nn.ParameterList([_param(t, requires_grad) for t in layer]))
+        self.w_proj = _param(weights.w_proj, requires_grad)
+        self.b_proj = _param(weights.b_proj, requires_grad)
+        self.register_buffer("bos_chars", torch.tensor(BOS_CHARS, dtype=torch.long).view(-1), persistent=False)
+        self.register_buffer("eos_chars", torch.tensor(EOS_CHARS, dtype=torch.long).view(-1), persistent=False)
+
+    def get_output_dim(self) -> int:
+        return self.options.proj_dim
+
+    def encode(self, chars: torch.Tensor) -> torch.Tensor:
+        """chars [N, 50] -> [N, P]; each distinct row goes through the CNN once."""
+        if chars.numel() == 0:
+            return self.w_proj.new_zeros(chars.shape[0], self.options.proj_dim)
+        uniq, inverse = unique_tokens(chars)
+        x = ops.char_cnn(uniq, self.char_embed, list(self.conv_w), list(self.conv_b), self.options.activation)
+        y = ops.highway(x, [tuple(layer) for layer in self.highway], self.w_proj, self.b_proj)
+        return y[inverse]
+
+    def forward(self, inputs: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """inputs [B, T, 50] character ids -> {'mask': [B, T + 2] long, 'token_embedding': [B, T + 2, P]},
+        <S> and </S> added around every row."""
+        mask = (inputs > 0).any(-1)
+        ids, new_mask = add_sentence_boundaries(inputs, mask, self.bos_chars, self.eos_chars)
+        B, T2, L = ids.shape
+        flat_mask = new_mask.view(-1)
+        emb = self.w_proj.new_zeros(B * T2, self.options.proj_dim)
+        emb[flat_mask] = self.encode(ids.view(-1, L)[flat_mask])
+        return {"mask": new_mask.long(), "token_embedding": emb.view(B, T2, -1)}
+
+
+class _LstmParams(nn.Module):
+    def __init__(self, lw, requires_grad: bool):
+        super().__init__()
+        self.w_ih = _param(lw.w_ih, requires_grad)
+        self.w_hh = _param(lw.w_hh, requires_grad)
+        self.bias = _param(lw.bias, requires_grad)
+        self.w_p = _param(lw.w_p, requires_grad)
+
+
+class BiLm(nn.Module):
+    """The ELMo biLM (allennlp's _ElmoBiLm): char encoder + forward and backward projected-LSTM
+    stacks. Returns n_layers + 1 activations of width 2P, with <S>/</S> positions included.
+
+    stateful=True (allennlp's behaviour): row b of each batch starts from the final state row b had
+    in the previous batch; `reset_states()` forgets it. stateful=False: every sentence starts from
+    zeros, so its output depends on nothing else in the batch or before it.
+    """
+
+    def __init__(
+        self,
+        options_file: Optional[str] = None,
+        weight_file: Optional[str] = None,
+        requires_grad: bool = False,
+        vocab_to_cache: Optional[List[str]] = None,
+        stateful: bool = True,
+        *,
+        weights: Optional[ElmoWeights] = None,
+    ):
+        super().__init__()
+        if weights is None:
+            from .download import resolve_model
+
+            weights = load_model(*resolve_model(options_file=options_file, weight_file=weight_file))
+        self.options: ElmoOptions = weights.options
+        self.stateful = stateful
+        self._requires_grad = requires_grad
+        self._token_embedder = CharEncoder(weights, requires_grad)
+        self.lstm = nn.ModuleList(
+            nn.ModuleList(_LstmParams(lw, requires_grad) for lw in direction) for direction in weights.lstm
+        )
+        self._states: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self._word_embedding: Optional[torch.Tensor] = None
+        if vocab_to_cache is not None:
+            self.create_cached_cnn_embeddings(vocab_to_cache)
+
+    @property
+    def num_layers(self) -> int:
+        return self.options.n_layers + 1
+
+    def get_output_dim(self) -> int:
+        return 2 * self.options.proj_dim
+
+    # ---- vocabulary cache (allennlp's vocab_to_cache / word_inputs)
+    def create_cached_cnn_embeddings(self, tokens: List[str]) -> None:
+        """Encodes every vocabulary word once; forward(word_inputs=ids) then skips the char CNN."""
+        ids = torch.as_tensor(tokens_to_char_ids(list(tokens)), device=self._token_embedder.char_embed.device)
+        with torch.set_grad_enabled(self._requires_grad):
+            emb = self._token_embedder.encode(ids)
+            special = self._token_embedder.encode(torch.stack([self._token_embedder.bos_chars,
+                                                               self._token_embedder.eos_chars]))
+        self._word_embedding = nn.Parameter(emb.detach().clone(), requires_grad=self._requires_grad)
+        self.register_buffer("_bos_embedding", special[0].detach().clone(), persistent=False)
+        self.register_buffer("_eos_embedding", special[1].detach().clone(), persistent=False)
+
+    # ---- state
+    def reset_states(self, mask: Optional[torch.Tensor] = None) -> None:
+        """Forgets the carried state: of every row, or of the rows where mask [B] is true."""
+        if mask is None or self._states is None:
+            self._states = None
+            return
+        if mask.numel() != self._states[0].size(1):
+            raise ValueError(f"reset_states: mask has {mask.numel()} rows but the state has "
+                             f"{self._states[0].size(1)}")
+        keep = (~mask.bool()).view(1, -1, 1).to(self._states[0].device)
+        self._states = tuple(s * keep for s in self._states)
+
+    def _initial_state(self, B: int, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        L, P, C = self.options.n_layers, self.options.proj_dim, self.options.cell_dim
+        if not self.stateful or self._states is None:
+            return like.new_zeros(L, B, 2 * P), like.new_zeros(L, B, 2 * C)
+        h, c = self._states
+        if B > h.size(1):  # new rows start from zeros, and stay in the state from now on
+            h = torch.cat([h, h.new_zeros(L, B - h.size(1), 2 * P)], 1)
+            c = torch.cat([c, c.new_zeros(L, B - c.size(1), 2 * C)], 1)
+            self._states = (h, c)
+        return h[:, :B].to(like.dtype), c[:, :B].to(like.dtype)
+
+    def _store_state(self, h: torch.Tensor, c: torch.Tensor) -> None:
+        h, c = h.detach(), c.detach()
+        if self._states is not None and self._states[0].size(1) > h.size(1):
+            old_h, old_c = self._states
+            h = torch.cat([h.to(old_h.dtype), old_h[:, h.size(1):]], 1)
+            c = torch.cat([c.to(old_c.dtype), old_c[:, c.size(1):]], 1)
+        self._states = (h, c)
+
+    # ---- forward
+    def run_lstm(self, x: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
+        """x [B, T, P] token embeddings, mask [B, T] -> n_layers tensors [B, T, 2P] (fwd ; bwd)."""
+        o = self.options
+        B, T, P = x.shape
+        lengths = mask.long().sum(1)
+        h0, c0 = self._initial_state(B, x)
+        inputs = [x, x]
+        outputs, finals_h, finals_c = [], [], []
+        for layer in range(o.n_layers):
+            outs, hs, cs = [], [], []
+            for d in range(2):
+                p = self.lstm[d][layer]
+                inp = inputs[d]
+                # input projections of all timesteps in one GEMM
+                xproj = torch.addmm(p.bias, inp.reshape(B * T, -1), p.w_ih.t()).view(B, T, -1)
+                out, h, c = ops.lstm_layer(
+                    xproj, p.w_hh, p.w_p, lengths,
+                    h0[layer, :, d * P:(d + 1) * P].contiguous(),
+                    c0[layer, :, d * o.cell_dim:(d + 1) * o.cell_dim].contiguous(),
+                    o.cell_clip, o.proj_clip, reverse=(d == 1),
+                )
+                if layer > 0 and o.skip_connections:
+                    out = out + inp
+                outs.append(out)
+                hs.append(h)
+                cs.append(c)
+            inputs = outs
+            outputs.append(torch.cat(outs, -1))
+            finals_h.append(torch.cat(hs, -1))
+            finals_c.append(torch.cat(cs, -1))
+        if self.stateful:
+            self._store_state(torch.stack(finals_h), torch.stack(finals_c))
+        return outputs
+
+    def forward(self, inputs: torch.Tensor, word_inputs: Optional[torch.Tensor] = None) -> Dict[str, object]:
+        """inputs [B, T, 50] character ids (word_inputs [B, T] ids into the cached vocabulary) ->
+        {'activations': n_layers + 1 tensors [B, T + 2, 2P], 'mask': [B, T + 2] long}."""
+        if inputs.dim() != 3 or inputs.size(-1) != self.options.max_chars:
+            raise ValueError(f"BiLm expects character ids of shape [batch, tokens, {self.options.max_chars}], "
+                             f"got {tuple(inputs.shape)}")
+        embedded = None
+        if self._word_embedding is not None and word_inputs is not None:
+            if word_inputs.numel() and (word_inputs.min() < 0 or word_inputs.max() >= self._word_embedding.size(0)):
+                logger.warning("word_inputs holds ids outside the cached vocabulary; using the characters")
+            else:
+                word_mask = word_inputs > 0
+                emb = self._word_embedding[word_inputs]
+                embedded, mask = add_sentence_boundaries(emb, word_mask, self._bos_embedding, self._eos_embedding)
+                mask = mask.long()
+        if embedded is None:
+            enc = self._token_embedder(inputs)
+            embedded, mask = enc["token_embedding"], enc["mask"]
+        layers = self.run_lstm(embedded, mask.bool())
+        token_layer = torch.cat([embedded, embedded], -1) * mask.unsqueeze(-1).to(embedded.dtype)
+        return {"activations": [token_layer] + layers, "mask": mask}
+
+
+class ScalarMix(nn.Module):
+    """gamma * sum_k softmax(s)_k * layer_k, optionally with layer norm (allennlp's ScalarMix)."""
+
+    def __init__(self, mixture_size: int, do_layer_norm: bool = False,
+                 initial_scalar_parameters: Optional[Sequence[float]] = None, trainable: bool = True):
+        super().__init__()
+        if initial_scalar_parameters is None:
+            initial_scalar_parameters = [0.0] * mixture_size
+        elif len(initial_scalar_parameters) != mixture_size:
+            raise ValueError(f"initial_scalar_parameters has {len(initial_scalar_parameters)} values, "
+                             f"expected {mixture_size} (one per layer)")
+        self.mixture_size = mixture_size
+        self.do_layer_norm = do_layer_norm
+        self.scalar_parameters = nn.ParameterList(
+            nn.Parameter(torch.tensor([float(v)]), requires_grad=trainable) for v in initial_scalar_parameters
+        )
+        self.gamma = nn.Parameter(torch.tensor([1.0]), requires_grad=trainable)
+
+    def forward(self, tensors: List[torch.Tensor], mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if len(tensors) != self.mixture_size:
+            raise ValueError(f"{len(tensors)} tensors were passed, but the module was initialized to "
+                             f"mix {self.mixture_size} tensors.")
+        scalars = torch.cat(list(self.scalar_parameters)).to(tensors[0].dtype)
+        return ops.scalar_mix(tensors, scalars, self.gamma.to(tensors[0].dtype), mask, self.do_layer_norm)
+
+
+class Elmo(nn.Module):
+    """Drop-in for allennlp's `Elmo`: same constructor, same forward contract.
+
+    forward(inputs [B, T, 50] (or [..., T, 50]), word_inputs=None) ->
+        {'elmo_representations': num_output_representations tensors [B, T, 2P], 'mask': [B, T] long}
+    `stateful` (default True, as allennlp) carries each row's LSTM state to the next batch; pass
+    False for outputs that depend on nothing but the sentence itself.
+    """
+
+    def __init__(
+        self,
+        options_file: Optional[str],
+        weight_file: Optional[str],
+        num_output_representations: int,
+        requires_grad: bool = False,
+        do_layer_norm: bool = False,
+        dropout: float = 0.5,
+        vocab_to_cache: Optional[List[str]] = None,
+        keep_sentence_boundaries: bool = False,
+        scalar_mix_parameters: Optional[List[float]] = None,
+        module: Optional[nn.Module] = None,
+        stateful: bool = True,
+    ):
+        super().__init__()
+        if module is not None:
+            if options_file is not None or weight_file is not None:
+                raise ValueError("Don't provide options_file or weight_file with module")
+            self._elmo_lstm = module
+        else:
+            self._elmo_lstm = BiLm(options_file, weight_file, requires_grad=requires_grad,
+                                   vocab_to_cache=vocab_to_cache, stateful=stateful)
+        self._has_cached_vocab = vocab_to_cache is not None
+        self._keep_sentence_boundaries = keep_sentence_boundaries
+        self._dropout = nn.Dropout(p=dropout)
+        self._scalar_mixes: List[ScalarMix] = []
+        for k in range(num_output_representations):
+            mix = ScalarMix(self._elmo_lstm.num_layers, do_layer_norm=do_layer_norm,
+                            initial_scalar_parameters=scalar_mix_parameters,
+                            trainable=scalar_mix_parameters is None)
+            self.add_module(f"scalar_mix_{k}", mix)
+            self._scalar_mixes.append(mix)
+
+    def get_output_dim(self) -> int:
+        return self._elmo_lstm.get_output_dim()
+
+    def reset_states(self, mask: Optional[torch.Tensor] = None) -> None:
+        self._elmo_lstm.reset_states(mask)
+
+    def forward(self, inputs: torch.Tensor, word_inputs: Optional[torch.Tensor] = None
+                ) -> Dict[str, Union[torch.Tensor, List[torch.Tensor]]]:
+        original_shape = inputs.size()
+        if len(original_shape) < 3:
+            raise ValueError(f"Elmo expects character ids of shape [batch, tokens, 50], got {tuple(original_shape)}")
+        reshaped = inputs.view(-1, *original_shape[-2:]) if len(original_shape) > 3 else inputs
+        original_word_size = None
+        reshaped_words = word_inputs
+        if word_inputs is not None:
+            original_word_size = word_inputs.size()
+            if not self._has_cached_vocab:
+                logger.warning("Word inputs were passed to ELMo but it does not have a cached vocab.")
+                reshaped_words = None
+            elif len(original_word_size) > 2:
+                reshaped_words = word_inputs.view(-1, original_word_size[-1])
+        bilm = self._elmo_lstm(reshaped, reshaped_words)
+        layers, mask_bos = bilm["activations"], bilm["mask"]
+        representations = []
+        for mix in self._scalar_mixes:
+            rep = mix(layers, mask_bos)
+            if self._keep_sentence_boundaries:
+                rep_mask = mask_bos
+            else:
+                rep, rep_mask = remove_sentence_boundaries(rep, mask_bos)
+            representations.append(self._dropout(rep))
+        if not representations:
+            rep_mask = mask_bos if self._keep_sentence_boundaries else remove_sentence_boundaries(layers[0], mask_bos)[1]
+        if word_inputs is not None and len(original_word_size) > 2:
+            mask = rep_mask.view(original_word_size)
+            representations = [r.view(original_word_size + (-1,)) for r in representations]
+        elif len(original_shape) > 3:
+            mask = rep_mask.view(original_shape[:-1])
+            representations = [r.view(original_shape[:-1] + (-1,)) for r in representations]
+        else:
+            mask = rep_mask
+        return {"elmo_representations": representations, "mask": mask}
