@@ -17,6 +17,7 @@ and are computed in full, exactly as the reference does; arbitrary ids stay exac
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
@@ -109,6 +110,7 @@ def _char_cnn_fwd_kernel(
 # weight packing (cached)
 
 def _key(t: torch.Tensor) -> Tuple:
+    """Identity of a weight tensor's contents: in-place updates bump _version."""
     return (t.data_ptr(), t._version, tuple(t.shape), tuple(t.stride()), t.dtype, t.device)
 
 
@@ -120,10 +122,11 @@ def _pack(char_embed: torch.Tensor, conv_weights: Sequence[torch.Tensor],
           conv_biases: Sequence[torch.Tensor], block_n: int, use_pad_trick: bool) -> Dict[str, Any]:
     """Packed weights [W_max, E, n_total] (zero rows beyond each width), fp32 bias, fp32 pad
     constants (conv of the padding char repeated, without bias) and the filter-tile table."""
-    key = (block_n, use_pad_trick, _key(char_embed),
-           tuple(_key(w) for w in conv_weights), tuple(_key(b) for b in conv_biases))
+    tensors = [char_embed, *conv_weights, *conv_biases]
+    key = (block_n, use_pad_trick, tuple(_key(t) for t in tensors))
     hit = _PACK_CACHE.get(key)
-    if hit is not None:
+    # the same tensor objects, still alive: a freed tensor's address may be reused by new weights
+    if hit is not None and all(r() is t for r, t in zip(hit["refs"], tensors)):
         return hit
     dev, dtype = char_embed.device, char_embed.dtype
     E = char_embed.shape[1]
@@ -147,7 +150,9 @@ def _pack(char_embed: torch.Tensor, conv_weights: Sequence[torch.Tensor],
     # heaviest tiles (widest windows) first so they start early
     tiles.sort(key=lambda t: -t[0])
     entry = dict(packed=packed, bias=bias, padc=padc, total=total,
-                 tiles=torch.tensor(tiles, dtype=torch.int32, device=dev))
+                 tiles=torch.tensor(tiles, dtype=torch.int32, device=dev),
+                 refs=[weakref.ref(t) for t in tensors])
+    _PACK_CACHE.pop(key, None)
     if len(_PACK_CACHE) >= _PACK_CACHE_SIZE:
         _PACK_CACHE.pop(next(iter(_PACK_CACHE)))
     _PACK_CACHE[key] = entry
@@ -156,7 +161,7 @@ def _pack(char_embed: torch.Tensor, conv_weights: Sequence[torch.Tensor],
 
 def _config(device: torch.device, dtype: torch.dtype) -> Dict[str, int]:
     if device.type != "cuda":  # interpreter: big blocks mean fewer interpreted steps
-        return dict(BLOCK_T=32, BLOCK_N=64, num_warps=4)
+        return dict(BLOCK_T=32, BLOCK_N=256, num_warps=4)
     if dtype == torch.float32:
         return dict(BLOCK_T=64, BLOCK_N=64, num_warps=4)
     return dict(BLOCK_T=64, BLOCK_N=128, num_warps=4)

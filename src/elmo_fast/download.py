@@ -134,7 +134,7 @@ def _is_url(s: str) -> bool:
 
 
 def _manual_hint(url: str) -> str:
-    return (f"Download it by hand (e.g. `curl -fLO {url}`) and pass the local files with "
+    return (f"Download it manually (e.g. `curl -fLO {url}`) and pass the local files with "
             "--options/--weights (options_file=/weight_file=), or a directory holding them; "
             "ELMO_FAST_MODEL_BASE_URL points the registry at a mirror.")
 
@@ -224,9 +224,12 @@ def _pick(folder: str, names, pattern: str, what: str) -> Optional[str]:
     return None
 
 
-def _from_directory(folder: str) -> Tuple[Optional[str], Optional[str]]:
-    options = _pick(folder, ("options.json",), "_options.json", "options")
-    weights = _pick(folder, ("weights.hdf5", "lm_weights.hdf5"), "_weights.hdf5", "weights")
+def _from_directory(folder: str, options: Optional[str], weights: Optional[str]):
+    """The model files in ``folder``; an already-chosen file (not None) is kept as is."""
+    if options is None:
+        options = _pick(folder, ("options.json",), "_options.json", "options")
+    if weights is None:
+        weights = _pick(folder, ("weights.hdf5", "lm_weights.hdf5"), "_weights.hdf5", "weights")
     return options, weights
 
 
@@ -286,8 +289,7 @@ def resolve_model(name_or_path: Optional[str] = None, options_file: Optional[str
                          "(--options/--weights)")
     path = os.path.expanduser(name_or_path)
     if os.path.isdir(path):
-        options, weights = _from_directory(path)
-        options, weights = explicit_opts or options, explicit_wts or weights
+        options, weights = _from_directory(path, explicit_opts, explicit_wts)
         missing = [w for w, p in (("options (options.json or *_options.json)", options),
                                   ("weights (weights.hdf5, lm_weights.hdf5 or *_weights.hdf5)", weights))
                    if p is None]
