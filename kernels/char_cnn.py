@@ -40,7 +40,7 @@ def _char_cnn_fwd_kernel(
     stride_wj, stride_we, stride_on,
     L: tl.constexpr, LP: tl.constexpr, EP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
-    ACT: tl.constexpr, USE_PAD_TRICK: tl.constexpr, IEEE: tl.constexpr,
+    ACT: tl.constexpr, USE_PAD_TRICK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     pid_f = tl.program_id(1)
@@ -81,7 +81,9 @@ def _char_cnn_fwd_kernel(
                         mask=t_mask[:, None] & e_mask[None, :], other=0.0)
             b = tl.load(w_ptr + j * stride_wj + offs_e[:, None] * stride_we + cols[None, :],
                         mask=e_mask[:, None] & n_mask[None, :], other=0.0)
-            if IEEE:
+            if UPCAST:  # the interpreter's tl.dot mishandles bf16 operands: multiply in fp32
+                acc += tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+            elif IEEE:
                 acc += tl.dot(a, b, input_precision="ieee")
             else:
                 acc += tl.dot(a, b)
@@ -199,7 +201,8 @@ def char_cnn_fwd(chars: torch.Tensor, char_embed: torch.Tensor, conv_weights: Se
         packed.stride(0), packed.stride(1), out.stride(0),
         L=L, LP=triton.next_power_of_2(L), EP=max(16, triton.next_power_of_2(E)),
         BLOCK_T=bt, BLOCK_N=bn, ACT=ACTIVATIONS[activation], USE_PAD_TRICK=trick,
-        IEEE=char_embed.dtype == torch.float32, num_warps=cfg["num_warps"],
+        IEEE=char_embed.dtype == torch.float32,
+        UPCAST=chars.device.type != "cuda" and char_embed.dtype != torch.float32, num_warps=cfg["num_warps"],
     )
     return out
 

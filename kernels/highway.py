@@ -25,7 +25,7 @@ def _highway_fwd_kernel(
     M, D,
     stride_xm, stride_xk, stride_wk, stride_wn, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, IEEE: tl.constexpr,
+    GROUP_M: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     # grouped tile order: neighbouring programs share x rows and weight columns in L2
     pid = tl.program_id(0)
@@ -53,7 +53,11 @@ def _highway_fwd_kernel(
         w_mask = k_mask[:, None] & n_mask[None, :]
         wc = tl.load(wc_ptr + w_off, mask=w_mask, other=0.0)
         wt = tl.load(wt_ptr + w_off, mask=w_mask, other=0.0)
-        if IEEE:
+        if UPCAST:  # the interpreter's tl.dot mishandles bf16 operands: multiply in fp32
+            a32 = a.to(tl.float32)
+            acc_c += tl.dot(a32, wc.to(tl.float32), input_precision="ieee")
+            acc_t += tl.dot(a32, wt.to(tl.float32), input_precision="ieee")
+        elif IEEE:
             acc_c += tl.dot(a, wc, input_precision="ieee")
             acc_t += tl.dot(a, wt, input_precision="ieee")
         else:
@@ -97,7 +101,8 @@ def highway_layer_fwd(x: torch.Tensor, w_carry: torch.Tensor, b_carry: torch.Ten
         M, D,
         x.stride(0), x.stride(1), w_carry.stride(0), w_carry.stride(1), y.stride(0),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-        IEEE=x.dtype == torch.float32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        IEEE=x.dtype == torch.float32, UPCAST=x.device.type != "cuda" and x.dtype != torch.float32,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return y
 

@@ -118,7 +118,7 @@ def test_vectorised_matches_simple_loop():
 
 
 # --------------------------------------------------------------------------- against allennlp
-_ALPHABETS = ["abcXYZ09.,'-", "éüßçñ", "αβγδ", "中文字符", "😀🎉", "\u0301\u200b"]
+_ALPHABETS = ["abcXYZ09.,'-", "éüßçñ", "αβγδ", "中文字符", "😀🎉", "\u0301\u200b", "\ud83d\ude00\udc00<>S/"]
 
 
 def _random_token(rng: random.Random) -> str:
@@ -171,6 +171,8 @@ def test_random_unicode(seed, allennlp_batch_to_ids):
     [["word"], [], ["two", "words"]],
     [[""], ["", "a"]],
     [["ab"], ["cd"]],   # no padding (in-place path)
+    [["a\ud83d", "\ude00b", "\ud83d\ude00", "\udfff", "é\ud800é"], ["<S>\ud800", "\ud800"]],   # surrogates
+    [["\u0000", "\x7f\x80", "\u07ff\u0800", "\uffff\U00010000", "\U0010ffff"]],   # width boundaries
 ])
 def test_edge_cases(batch, allennlp_batch_to_ids):
     assert torch.equal(batch_to_ids(batch), allennlp_batch_to_ids(batch))

@@ -17,7 +17,7 @@ character (and, for all-ASCII batches, none per token either beyond ``str.join``
 from __future__ import annotations
 
 from itertools import chain
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -92,43 +92,61 @@ def _encode(tokens: List[str], where: str = ""):
     except TypeError:
         _check_tokens(tokens, where)
         raise
-    if joined.isascii():
-        # One byte per character: no per-token encoding needed.
-        lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
-        return joined.encode("ascii"), lengths
-    encoded = [tok.encode("utf-8", "ignore") for tok in tokens]
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    return b"".join(encoded), lengths
+    char_lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+    if joined.isascii():   # one byte per character
+        return joined.encode("ascii"), char_lengths
+    # Byte length of every character from its code point (lone surrogates, which "ignore" drops,
+    # count 0), summed per token: no per-token encoding.  Surrogates never pair up across tokens
+    # or inside one: Python's utf-8 encoder treats each as an error on its own.
+    cps = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    width = (1 + (cps >= 0x80) + (cps >= 0x800) + (cps >= 0x10000)).astype(np.int64)
+    width[(cps >= 0xD800) & (cps < 0xE000)] = 0
+    ends = np.cumsum(width)
+    char_ends = np.cumsum(char_lengths)
+    byte_ends = np.where(char_ends > 0, ends[np.maximum(char_ends - 1, 0)], 0)
+    lengths = np.diff(byte_ends, prepend=0)
+    return joined.encode("utf-8", "ignore"), lengths
 
 
-def _fill_rows(tokens: List[str], out: np.ndarray, where: str = "") -> None:
-    """Write the (+1-shifted) character ids of ``tokens`` into ``out`` [len(tokens), 50]."""
+def _fill_rows(tokens: List[str], out: np.ndarray, row_of_token: Optional[np.ndarray] = None,
+               where: str = "") -> None:
+    """Write the (+1-shifted) character ids of ``tokens`` into the C-contiguous [R, 50] array
+    ``out``: token i goes to row ``row_of_token[i]`` (default: row i); other rows are untouched."""
     n = len(tokens)
     if n == 0:
         return
     data, lengths = _encode(tokens, where)
-    out[:] = _TEMPLATE
-    kept = np.minimum(lengths, MAX_BYTES)
-    rows = np.arange(n)
-    if len(data):
-        flat = np.frombuffer(data, dtype=np.uint8)
-        starts = np.cumsum(lengths) - lengths
-        token_of_byte = np.repeat(rows, lengths)
+    if row_of_token is None:
+        out[:] = _TEMPLATE
+        row_of_token = np.arange(n, dtype=np.int64)
+    else:
+        out[row_of_token] = _TEMPLATE
+    flat_out = out.reshape(-1)
+    base = row_of_token * MAX_WORD_LENGTH          # flat offset of each token's row
+    starts = np.cumsum(lengths) - lengths
+    flat = np.frombuffer(data, dtype=np.uint8)
+    if len(flat):
         pos = np.arange(len(flat), dtype=np.int64) - np.repeat(starts, lengths)
+        target = np.repeat(base, lengths) + pos + 1
         keep = pos < MAX_BYTES
         if not keep.all():
-            token_of_byte, pos, flat = token_of_byte[keep], pos[keep], flat[keep]
-        out[token_of_byte, pos + 1] = flat.astype(np.int64) + 1
-    out[rows, kept + 1] = END_OF_WORD_CHARACTER + 1
+            target, flat_kept = target[keep], flat[keep]
+        else:
+            flat_kept = flat
+        flat_out[target] = flat_kept.astype(np.int64) + 1
+    flat_out[base + np.minimum(lengths, MAX_BYTES) + 1] = END_OF_WORD_CHARACTER + 1
 
-    # "<S>" and "</S>" were spelled out above; find them (vectorised pre-filter on the row, then
+    # "<S>" and "</S>" were spelled out above: find them (vectorised pre-filter on the bytes, then
     # an exact string check on the few candidates) and replace their rows.
     for tok, spelled in _SPELLED.items():
         k = len(spelled)
-        cand = np.flatnonzero((lengths == k) & (out[:, 1:k + 1] == spelled).all(axis=1))
-        for i in cand.tolist():
+        cand = np.flatnonzero(lengths == k)
+        if len(cand) == 0:
+            continue
+        match = (flat[starts[cand][:, None] + np.arange(k)] == spelled - 1).all(axis=1)
+        for i in cand[match].tolist():
             if tokens[i] == tok:   # a token whose encoding dropped lone surrogates is not special
-                out[i] = _SPECIAL_ROWS[tok]
+                out[row_of_token[i]] = _SPECIAL_ROWS[tok]
 
 
 def _as_token_list(tokens, where: str = "") -> List[str]:
@@ -181,15 +199,14 @@ def batch_to_ids(batch: Sequence[Sequence[str]]) -> torch.Tensor:
     tokens = list(chain.from_iterable(sentences))
     out = np.zeros((n_sent, width, MAX_WORD_LENGTH), dtype=np.int64)
     if tokens:
+        if len(tokens) == n_sent * width:   # no padding: token i is row i
+            row_of_token = None
+        else:
+            starts = np.cumsum(lengths) - lengths
+            pos = np.arange(len(tokens), dtype=np.int64) - np.repeat(starts, lengths)
+            row_of_token = np.repeat(np.arange(n_sent, dtype=np.int64) * width, lengths) + pos
         try:
-            if len(tokens) == n_sent * width:   # no padding: fill in place
-                _fill_rows(tokens, out.reshape(-1, MAX_WORD_LENGTH))
-            else:
-                rows = np.empty((len(tokens), MAX_WORD_LENGTH), dtype=np.int64)
-                _fill_rows(tokens, rows)
-                sent_of_tok = np.repeat(np.arange(n_sent), lengths)
-                pos = np.arange(len(tokens)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-                out[sent_of_tok, pos] = rows
+            _fill_rows(tokens, out.reshape(-1, MAX_WORD_LENGTH), row_of_token)
         except TypeError:
             for b, sent in enumerate(sentences):   # re-raise naming the sentence and the token
                 _check_tokens(sent, f"batch_to_ids: sentence {b}: ")
