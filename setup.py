@@ -1,8 +1,75 @@
 """Build script: the Python package (src/elmo_fast + kernels/ as elmo_fast.kernels) and the
 optional persistent-LSTM CUDA extension (see csrc/ and the CUDA section below)."""
-from setuptools import setup
+import importlib.util
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+
+# ---------------------------------------------------------------------------------------------
+# CUDA extension elmo_fast._lstm_cuda (csrc/): compiled by nvcc alone, no libtorch.
+#   ELMO_FAST_BUILD_CUDA=0  skip;  =1  required (fail without nvcc or on a compile error);
+#   unset                   build when nvcc is found, warn and go on without it otherwise.
+#   ELMO_FAST_CUDA_ARCH     '90' (default: sm_90 machine code + compute_90 PTX), or e.g. '80;90'.
+# The sources also ship inside the package (elmo_fast/csrc) for the JIT build in lstm_cuda.py.
+# ---------------------------------------------------------------------------------------------
+CSRC = ROOT / "csrc"
+CSRC_FILES = ("lstm_persistent.cu", "lstm_persistent.cuh", "lstm_persistent.h", "module.cpp", "nvcc_build.py")
+
+
+def _nvcc_build():
+    spec = importlib.util.spec_from_file_location("_elmo_fast_nvcc_build", CSRC / "nvcc_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class BuildPyWithSources(build_py):
+    """Copies csrc/ into the built package as elmo_fast/csrc (the JIT build's sources)."""
+
+    def run(self):
+        super().run()
+        dest = Path(self.build_lib) / "elmo_fast" / "csrc"
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in CSRC_FILES:
+            shutil.copy2(CSRC / name, dest / name)
+
+
+class NvccBuildExt(build_ext):
+    def build_extension(self, ext):
+        if ext.name != "elmo_fast._lstm_cuda":
+            return super().build_extension(ext)
+        mode = os.environ.get("ELMO_FAST_BUILD_CUDA", "").strip()
+        if mode == "0":
+            print("elmo_fast: ELMO_FAST_BUILD_CUDA=0, skipping the CUDA extension")
+            return
+        nb = _nvcc_build()
+        nvcc = nb.find_nvcc()
+        if nvcc is None:
+            if mode == "1":
+                raise RuntimeError("ELMO_FAST_BUILD_CUDA=1 but nvcc was not found (set CUDA_HOME or PATH)")
+            warnings.warn("elmo_fast: nvcc not found; the CUDA LSTM extension is not built "
+                          "(it can be JIT-built on first use on a machine with nvcc)")
+            return
+        out = Path(self.get_ext_fullpath(ext.name))
+        try:
+            nb.build(out, Path(self.build_temp) / "lstm_cuda", archs=nb.arch_list(), nvcc=nvcc, src_dir=CSRC)
+        except Exception as exc:  # optional: a failed build must not fail the install
+            if mode == "1":
+                raise
+            warnings.warn(f"elmo_fast: building the CUDA LSTM extension failed; continuing without it.\n{exc}")
+
 
 setup(
     package_dir={"elmo_fast": "src/elmo_fast", "elmo_fast.kernels": "kernels"},
     packages=["elmo_fast", "elmo_fast.reference", "elmo_fast.ops", "elmo_fast.kernels"],
+    # sources listed for sdists; NvccBuildExt compiles them itself
+    ext_modules=[Extension("elmo_fast._lstm_cuda", sources=[f"csrc/{n}" for n in CSRC_FILES[:1]] + ["csrc/module.cpp"])],
+    cmdclass={"build_ext": NvccBuildExt, "build_py": BuildPyWithSources},
 )

@@ -1,0 +1,394 @@
+"""`elmo-fast embed | info | bench`: the command line.
+
+  elmo-fast embed INPUT OUTPUT (--all | --top | --average) [--model NAME_OR_PATH | --options P --weights P]
+      allennlp's `allennlp elmo`: one whitespace-tokenised sentence per line -> hdf5 (see
+      `elmo_fast.embedder.embed_corpus` for the layout, batching and atomic writing).
+  elmo-fast info [--json]
+      versions, CUDA, configuration, and which backend each op runs on here and why the others don't.
+  elmo-fast bench ...
+      benchmarks (elmo_fast.bench).
+
+Errors the user can fix (bad input, missing model or GPU, malformed weights) print one line,
+`elmo-fast: error: ...`, and exit with status 2; no output file is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+PROG = "elmo-fast"
+EXIT_USAGE = 2
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+class CliError(Exception):
+    """A problem to report in one line (exit status 2)."""
+
+
+def _err(msg: str) -> None:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and exc.filename and not str(exc).startswith(exc.strerror):
+        if str(exc).startswith("["):  # "[Errno 2] No such file or directory: 'x'"
+            return f"{exc.strerror}: {exc.filename}"
+    msg = str(exc).strip() or type(exc).__name__
+    return " ".join(msg.split("\n"))
+
+
+# ------------------------------------------------------------------------------------------ parser
+def _add_embed(sub) -> None:
+    p = sub.add_parser(
+        "embed", help="embed a corpus into an hdf5 file (like `allennlp elmo`)",
+        description="Embeds INPUT (UTF-8, one whitespace-tokenised sentence per line; '-' reads stdin) "
+                    "into OUTPUT, an hdf5 file in allennlp's layout: one float32 dataset per sentence "
+                    "keyed by its line index, plus 'sentence_to_index'. The default stateful mode "
+                    "batches in input order and reproduces `allennlp elmo`; --stateless batches "
+                    "sentences by length and makes each output independent of the others. OUTPUT is "
+                    "written under a temporary name and renamed into place only when complete.")
+    p.add_argument("input_file", metavar="INPUT", help="input text file ('-' for stdin)")
+    p.add_argument("output_file", metavar="OUTPUT", help="output hdf5 file")
+    fmt = p.add_mutually_exclusive_group(required=True)
+    fmt.add_argument("--all", dest="output_format", action="store_const", const="all",
+                     help="all layers: [3, T, D] per sentence")
+    fmt.add_argument("--top", dest="output_format", action="store_const", const="top",
+                     help="the top layer: [T, D]")
+    fmt.add_argument("--average", dest="output_format", action="store_const", const="average",
+                     help="the average of the layers: [T, D]")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", metavar="NAME_OR_PATH",
+                   help="registry name (small, medium, original, original-5.5B), a directory holding "
+                        "options.json + weights.hdf5, or one of the files (default: original)")
+    m.add_argument("--options", "--options-file", dest="options", metavar="PATH",
+                   help="options.json (path or URL); with --weights instead of --model")
+    m.add_argument("--weights", "--weight-file", dest="weights", metavar="PATH",
+                   help="weights.hdf5 (path or URL); with --options instead of --model")
+    r = p.add_argument_group("run")
+    r.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
+    dev = r.add_mutually_exclusive_group()
+    dev.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    dev.add_argument("--cuda-device", type=int, metavar="N",
+                     help="allennlp's spelling: GPU index, -1 for the CPU")
+    r.add_argument("--stateless", action="store_true",
+                   help="start every sentence from a zero state (deterministic: independent of batching "
+                        "and order; batches grouped by length); default: allennlp's stateful mode")
+    r.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="compute dtype (bf16: fp32 accumulation; output is float32 either way)")
+    o = p.add_argument_group("output")
+    o.add_argument("--forget-sentences", action="store_true",
+                   help="omit the 'sentence_to_index' dataset")
+    o.add_argument("--use-sentence-keys", action="store_true",
+                   help="key each dataset by its sentence instead of its line index (sentences must be "
+                        "distinct)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_embed)
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="versions, CUDA, and the backend each op runs on here",
+                       description="Prints versions, CUDA availability, configuration (ELMO_FAST_BACKEND, "
+                                   "TRITON_INTERPRET), and for every op the backend that runs on this "
+                                   "machine and why the faster ones do not.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--device", help="device the op check uses (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="dtype the op check uses")
+    p.add_argument("--arch", choices=("small", "medium", "original"), default="original",
+                   help="model shapes the op check uses (default: original)")
+    p.set_defaults(func=cmd_info)
+
+
+def _add_bench(sub, bench_module) -> None:
+    p = sub.add_parser("bench", help="benchmarks (elmo_fast.bench)",
+                       description="Benchmarks; see elmo_fast.bench.")
+    if bench_module is not None:
+        bench_module.add_arguments(p)
+    p.set_defaults(func=cmd_bench, bench_module=bench_module)
+
+
+def build_parser(bench_module=None) -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog=PROG, description="A fast, faithful ELMo engine.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{embed,info,bench}")
+    sub.required = True
+    _add_embed(sub)
+    _add_info(sub)
+    _add_bench(sub, bench_module)
+    return parser
+
+
+def _load_bench():
+    """elmo_fast.bench, or CliError saying why it cannot be used."""
+    try:
+        module = importlib.import_module("elmo_fast.bench")
+    except ImportError as e:
+        if getattr(e, "name", None) == "elmo_fast.bench":
+            raise CliError("the benchmark module elmo_fast.bench is not installed in this build") from None
+        raise CliError(f"the benchmark module elmo_fast.bench could not be imported "
+                       f"({type(e).__name__}: {e})") from None
+    missing = [a for a in ("add_arguments", "run") if not callable(getattr(module, a, None))]
+    if missing:
+        raise CliError(f"elmo_fast.bench lacks {' and '.join(missing)}()")
+    return module
+
+
+# ------------------------------------------------------------------------------------------- embed
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _device(args) -> str:
+    from .embedder import resolve_device
+
+    if args.cuda_device is not None:
+        name = "cpu" if args.cuda_device < 0 else f"cuda:{args.cuda_device}"
+    else:
+        name = args.device or _default_device()
+    try:
+        return str(resolve_device(device=name))
+    except RuntimeError as e:  # missing GPU, or a device string torch does not know
+        raise CliError(_describe(e)) from None
+
+
+def cmd_embed(args) -> int:
+    import torch
+
+    from .embedder import ElmoEmbedder, _check_sentence_keys, check_output_path, embed_corpus, read_sentences
+
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    # Everything that can be checked without the model is checked first.
+    device = _device(args)
+    source = sys.stdin.buffer if args.input_file == "-" else args.input_file
+    sentences = read_sentences(source)
+    if args.use_sentence_keys:
+        _check_sentence_keys(sentences)
+    check_output_path(args.output_file)
+
+    model, options, weights = args.model, args.options, args.weights
+    if model is None and (options is None) != (weights is None):
+        model, options, weights = options or weights, None, None  # its partner is looked up beside it
+    elif model is None and options is None:
+        model = "original"
+    progress = not args.no_progress
+    start = time.perf_counter()
+    embedder = ElmoEmbedder(options, weights, model=model, stateful=not args.stateless, device=device,
+                            dtype=getattr(torch, DTYPES[args.dtype]), progress=progress)
+    embed_corpus(embedder, sentences, args.output_file, output_format=args.output_format,
+                 batch_size=args.batch_size, forget_sentences=args.forget_sentences,
+                 use_sentence_keys=args.use_sentence_keys, progress=progress)
+    if progress:
+        tokens = sum(len(s.split()) for s in sentences)
+        secs = time.perf_counter() - start
+        print(f"{PROG}: wrote {len(sentences)} sentences ({tokens} tokens, {args.output_format}, "
+              f"{'stateless' if args.stateless else 'stateful'}, {device}, {args.dtype}) to "
+              f"{args.output_file} in {secs:.1f} s", file=sys.stderr)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- info
+def _op_inputs(name: str, arch: str, device, dtype) -> Dict[str, Any]:
+    """Small inputs with the shapes and dtypes a real model passes to each op."""
+    import torch
+
+    from .synthetic import ARCHITECTURES, STANDARD_FILTERS
+
+    a = ARCHITECTURES[arch]
+    E, F, P, C = 16, sum(n for _, n in STANDARD_FILTERS), a["projection_dim"], a["dim"]
+    B, T, N = 4, 8, 32
+    f = dict(device=device, dtype=dtype)
+    if name == "char_cnn":
+        return dict(chars=torch.zeros(N, 50, dtype=torch.long, device=device),
+                    char_embed=torch.zeros(262, E, **f),
+                    conv_weights=[torch.zeros(w, E, n, **f) for w, n in STANDARD_FILTERS],
+                    conv_biases=[torch.zeros(n, **f) for _, n in STANDARD_FILTERS], activation="relu")
+    if name == "highway":
+        layers = [(torch.zeros(F, F, **f), torch.zeros(F, **f), torch.zeros(F, F, **f), torch.zeros(F, **f))
+                  for _ in range(a["n_highway"])]
+        return dict(x=torch.zeros(N, F, **f), layers=layers, w_proj=torch.zeros(F, P, **f),
+                    b_proj=torch.zeros(P, **f))
+    if name == "lstm_layer":
+        return dict(xproj=torch.zeros(B, T, 4 * C, **f), w_hh=torch.zeros(4 * C, P, **f),
+                    w_p=torch.zeros(P, C, **f), lengths=torch.full((B,), T, dtype=torch.long, device=device),
+                    h0=torch.zeros(B, P, **f), c0=torch.zeros(B, C, **f), cell_clip=3.0, proj_clip=3.0,
+                    reverse=False)
+    if name == "scalar_mix":
+        return dict(layers=[torch.zeros(B, T, 2 * P, **f) for _ in range(3)], scalars=torch.zeros(3, **f),
+                    gamma=torch.ones(1, **f), mask=torch.ones(B, T, dtype=torch.long, device=device),
+                    do_layer_norm=False)
+    return {}
+
+
+def _extension_status() -> Dict[str, Any]:
+    try:
+        from .lstm_cuda import extension_status
+    except Exception as e:  # the module is missing, or it failed to import
+        return {"available": False,
+                "detail": f"elmo_fast.lstm_cuda could not be imported ({type(e).__name__}: {e})"}
+    try:
+        status = extension_status() if callable(extension_status) else extension_status
+    except Exception as e:
+        return {"available": False, "detail": f"extension_status() failed ({type(e).__name__}: {e})"}
+    if isinstance(status, dict):
+        return {str(k): (v if isinstance(v, (bool, int, float, str, type(None), list)) else str(v))
+                for k, v in status.items()}
+    if isinstance(status, bool):
+        return {"available": status}
+    if isinstance(status, (tuple, list)) and len(status) == 2 and isinstance(status[0], bool):
+        return {"available": status[0], "detail": str(status[1])}
+    return {"detail": str(status)}
+
+
+def collect_info(device: Optional[str] = None, dtype: str = "fp32", arch: str = "original") -> Dict[str, Any]:
+    """Everything `elmo-fast info` reports, as a JSON-able dict."""
+    import torch
+
+    from . import __version__, _config
+    from .ops import OPS, BackendUnavailable
+
+    info: Dict[str, Any] = {"elmo_fast": __version__, "python": platform.python_version(),
+                            "torch": torch.__version__}
+    try:
+        import triton
+
+        info["triton"] = getattr(triton, "__version__", "unknown")
+    except Exception as e:
+        info["triton"] = None
+        info["triton_error"] = f"{type(e).__name__}: {e}"
+    cuda: Dict[str, Any] = {"available": torch.cuda.is_available(), "torch_cuda": torch.version.cuda}
+    if cuda["available"]:
+        cuda["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        cuda["capability"] = ["%d.%d" % torch.cuda.get_device_capability(i)
+                              for i in range(torch.cuda.device_count())]
+    info["cuda"] = cuda
+    info["env"] = {k: os.environ.get(k) for k in ("ELMO_FAST_BACKEND", "TRITON_INTERPRET")}
+    try:
+        info["backend_override"] = _config.backend_override()
+    except ValueError as e:
+        info["backend_override"] = None
+        info["backend_override_error"] = str(e)
+
+    dev = torch.device(device or _default_device())
+    tdtype = getattr(torch, DTYPES[dtype])
+    info["op_check"] = {"device": str(dev), "dtype": dtype, "arch": arch}
+    ops: Dict[str, Any] = {}
+    for name, op in OPS.items():
+        entry: Dict[str, Any] = {"selected": None}
+        try:
+            inputs = _op_inputs(name, arch, dev, tdtype)
+            entry["backends"] = [{"name": b, "available": not why, "reasons": list(why)}
+                                 for b, why in op.explain(**inputs)]
+            entry["selected"] = op.select(**inputs).name
+        except (BackendUnavailable, ValueError, RuntimeError) as e:
+            entry["error"] = _describe(e)
+        ops[name] = entry
+    info["ops"] = ops
+    info["cuda_extension"] = _extension_status()
+    return info
+
+
+def format_info(info: Dict[str, Any]) -> str:
+    lines = [f"elmo-fast {info['elmo_fast']}",
+             f"python {info['python']}, torch {info['torch']}, triton "
+             + (info["triton"] or f"not available ({info.get('triton_error')})")]
+    cuda = info["cuda"]
+    if cuda["available"]:
+        devs = ", ".join(f"{n} (sm {c})" for n, c in zip(cuda["devices"], cuda["capability"]))
+        lines.append(f"CUDA {cuda['torch_cuda']}: {devs}")
+    else:
+        lines.append("CUDA: not available" + (f" (torch built with CUDA {cuda['torch_cuda']}, no device found)"
+                                               if cuda["torch_cuda"] else " (CPU-only torch build)"))
+    env = info["env"]
+    lines.append("ELMO_FAST_BACKEND=" + (env["ELMO_FAST_BACKEND"] or "(unset: auto)")
+                 + "   TRITON_INTERPRET=" + (env["TRITON_INTERPRET"] or "(unset)"))
+    if info.get("backend_override_error"):
+        lines.append(f"  error: {info['backend_override_error']}")
+    chk = info["op_check"]
+    lines.append(f"ops ({chk['arch']} model shapes, {chk['dtype']}, on {chk['device']}):")
+    for name, entry in info["ops"].items():
+        lines.append(f"  {name:<11} -> {entry['selected'] or 'none'}")
+        if entry.get("error"):
+            lines.append(f"      error: {entry['error']}")
+        for b in entry.get("backends", []):
+            if b["name"] == entry["selected"]:
+                continue
+            why = "; ".join(b["reasons"]) if b["reasons"] else "could run, but a preferred backend was chosen"
+            lines.append(f"      {b['name']}: {why}")
+    ext = info["cuda_extension"]
+    state = {True: "available", False: "unavailable"}.get(ext.get("available"), "status")
+    rest = {k: v for k, v in ext.items() if k not in ("available",)}
+    detail = rest.pop("detail", None) or rest.pop("reason", None)
+    text = detail or ", ".join(f"{k}={v}" for k, v in rest.items())
+    if detail and rest:
+        text += " (" + ", ".join(f"{k}={v}" for k, v in rest.items()) + ")"
+    lines.append(f"CUDA LSTM extension: {state}" + (f": {text}" if text else ""))
+    return "\n".join(lines)
+
+
+def cmd_info(args) -> int:
+    if args.device:
+        from .embedder import resolve_device
+
+        try:
+            resolve_device(device=args.device)
+        except RuntimeError as e:
+            raise CliError(_describe(e)) from None
+    info = collect_info(args.device, args.dtype, args.arch)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- bench
+def cmd_bench(args) -> int:
+    module = args.bench_module or _load_bench()
+    return int(module.run(args) or 0)
+
+
+# -------------------------------------------------------------------------------------------- main
+def main(argv: Optional[List[str]] = None) -> int:
+    """Runs the command line; returns the exit status (0 ok, 2 usage or input error)."""
+    from .weights import WeightsError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        bench_module = None
+        if argv[:1] == ["bench"]:
+            bench_module = _load_bench()
+        try:
+            args = build_parser(bench_module).parse_args(argv)
+        except SystemExit as e:  # argparse: --help, --version, or a usage error (already printed)
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
+        return args.func(args)
+    except (CliError, WeightsError) as e:
+        _err(_describe(e))
+    except (OSError, ValueError) as e:  # input problems, missing files, downloads, bad settings
+        _err(_describe(e))
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except RuntimeError as e:
+        import torch
+
+        from .ops import BackendUnavailable
+
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            _err("out of GPU memory; try a smaller --batch-size or --dtype bf16")
+            return 1
+        if not isinstance(e, BackendUnavailable):
+            raise
+        _err(_describe(e))
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
