@@ -8,6 +8,7 @@ from elmo_fast import dedup
 from elmo_fast.dedup import real_lengths, unique_tokens
 from elmo_fast.reference.char_cnn import char_cnn_ref
 from test_char_cnn import FIXTURE_FILTERS, make_chars, make_params
+from tolerances import assert_close
 
 
 def zipf_batch(n: int, vocab: int = 40, seed: int = 0) -> torch.Tensor:
@@ -57,10 +58,16 @@ def test_encode_unique_equals_encode_all_reference():
 @pytest.mark.interpreter
 def test_encode_unique_equals_encode_all_triton(device):
     """Each token's output depends only on its own row (block membership and the per-block loop
-    bound must not change it), so dedup + gather is bit-exact with the fused kernel too."""
+    bound must not change it), so on a GPU dedup + gather is bit-exact with the fused kernel too.
+    The interpreter's tl.dot is numpy's BLAS matmul, whose rounding for one row depends on the row's
+    place in the block (measured: 1 ulp), so there the fp32 table applies instead."""
     from elmo_fast.kernels.char_cnn import char_cnn_fwd
 
     chars = zipf_batch(70).to(device)
     emb, ws, bs = make_params(FIXTURE_FILTERS, 4, device=device)
     uniq, inverse = unique_tokens(chars)
-    assert torch.equal(char_cnn_fwd(uniq, emb, ws, bs)[inverse], char_cnn_fwd(chars, emb, ws, bs))
+    deduped, full = char_cnn_fwd(uniq, emb, ws, bs)[inverse], char_cnn_fwd(chars, emb, ws, bs)
+    if chars.is_cuda:
+        assert torch.equal(deduped, full)
+    else:
+        assert_close(deduped, full)

@@ -371,6 +371,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except (CliError, WeightsError) as e:
         _err(_describe(e))
+    except BrokenPipeError:  # `elmo-fast info | head`: the reader left; say nothing more
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
     except (OSError, ValueError) as e:  # input problems, missing files, downloads, bad settings
         _err(_describe(e))
     except KeyboardInterrupt:
