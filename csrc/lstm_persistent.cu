@@ -180,6 +180,8 @@ void lstm_launch(const LstmLaunch& a) {
     for (uintptr_t p : ptrs)
       if (p == 0 || (p & 15)) fail("every tensor pointer must be non-null and 16-byte aligned");
   }
+  if (plan.on_chip && plan.grid < a.ndir * plan.chunks)
+    fail("internal: on-chip plan with fewer CTAs than units");  // each CTA holds one unit's weights
   if ((a.has_cell_clip && !(a.cell_clip >= 0.0f)) || (a.has_proj_clip && !(a.proj_clip >= 0.0f)))
     fail("clip values must be >= 0");
 

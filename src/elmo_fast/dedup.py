@@ -9,7 +9,7 @@ Two exact methods:
           every row equals its representative; a hash collision (never seen in practice) falls
           back to 'sort'. Exact either way.
   'sort':  torch.unique(packed rows, dim=0) (lexicographic row sort).
-With sort_by_length=True the unique rows come out ordered by real length (the position after
+By default (sort_by_length=True) the unique rows come out ordered by real length (the position after
 the last non-padding char), so the char-CNN kernel's token blocks hold tokens of similar length
 and visit fewer windows (its loop bound is the longest token of each block).
 """
@@ -60,7 +60,7 @@ def real_lengths(chars: torch.Tensor, pad_id: int = PAD_ID) -> torch.Tensor:
 
 
 def unique_tokens(chars: torch.Tensor, method: str = "hash",
-                  sort_by_length: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+                  sort_by_length: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """Distinct character rows and the map back.
 
     chars:   [N, L] int character ids

@@ -253,10 +253,9 @@ def _run(dirs: List[Tuple[Tensor, ...]], reverse: List[bool], cell_clip, proj_cl
     ext.launch(_DTYPES[xproj.dtype], len(dirs), B, T, C, P, ptr["xproj"], ptr["w_hh"], ptr["w_pT"],
                ptr["lengths"], ptr["out"], ptr["h"], ptr["c"], [int(bool(r)) for r in reverse],
                ws.data_ptr(), ws.numel() * 4, cell_clip, proj_clip, stream, dev.index, _RESIDENCY[residency])
-    # the caching allocator may hand these buffers out again once the launch is queued: tell it
-    # which stream uses them
-    for t in keep + [ws]:
-        t.record_stream(torch.cuda.current_stream(dev))
+    # every buffer was allocated on the launch stream, so the caching allocator's stream order
+    # keeps it alive for the kernel after `keep` and `ws` go out of scope
+    del keep, ws
     return [(o, h.to(hd), c.to(cd)) for o, h, c, hd, cd in results]
 
 
@@ -337,8 +336,9 @@ def not_supported_reasons(inputs: Dict[str, Any], forced: bool) -> List[str]:
     except (TypeError, ValueError) as exc:
         reasons.append(str(exc))
     if reasons:
-        if _ext is None:
-            reasons.append(f"extension: {extension_status()}")
+        status = extension_status()
+        if not status.startswith("built"):
+            reasons.append(f"extension {status}")
         return reasons
     try:
         load_extension()

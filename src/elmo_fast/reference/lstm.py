@@ -1,7 +1,17 @@
-"""One direction of one projected-LSTM layer (ELMo's LstmCellWithProjection), over all timesteps."""
+"""One direction of one projected-LSTM layer (ELMo's LstmCellWithProjection), over all timesteps.
+
+Two implementations of the same arithmetic:
+  * `_lstm_packed` (used whenever no gradient is needed): rows are sorted by length and packed
+    time-major, so step t computes only the rows still running (a prefix of the sorted rows, as
+    allennlp's LstmCellWithProjection does); the backward direction is just a different packing
+    index; every step works in preallocated buffers with in-place and out= ops (no allocation,
+    no masking with `where`).
+  * `_lstm_autograd`: the plain out-of-place loop, for training through the reference path.
+Both give the same values (up to the order of floating-point rounding inside the GEMMs).
+"""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -38,6 +48,15 @@ def lstm_layer_ref(
 
     Each step: c = clip(f*c + i*g, cell_clip); h = clip(w_p (o * tanh c), proj_clip).
     """
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (xproj, w_hh, w_p, h0, c0))
+    if needs_grad:
+        return _lstm_autograd(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse)
+    return _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse)
+
+
+def _lstm_autograd(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
+    """Out-of-place loop over all rows at every step (differentiable)."""
     B, T, G = xproj.shape
     C = G // 4
     if reverse:
@@ -46,7 +65,7 @@ def lstm_layer_ref(
     active = torch.arange(T, device=xproj.device).view(1, T) < lengths.view(B, 1).to(xproj.device)
     h, c = h0, c0
     w_hh_t, w_p_t = w_hh.t(), w_p.t()
-    out = xproj.new_zeros(B, T, w_p.shape[0])
+    steps: List[torch.Tensor] = []
     for t in range(T):
         gates = torch.addmm(xproj[:, t], h, w_hh_t)
         i, f, g, o = gates.split(C, dim=1)
@@ -60,7 +79,74 @@ def lstm_layer_ref(
         # padded steps neither output nor advance the state
         h = torch.where(a, h_new, h)
         c = torch.where(a, c_new, c)
-        out[:, t] = torch.where(a, h_new, 0.0)
+        steps.append(torch.where(a, h_new, torch.zeros((), dtype=h_new.dtype, device=h_new.device)))
+    out = torch.stack(steps, 1) if steps else xproj.new_zeros(B, T, w_p.shape[0])
     if reverse:
         out = torch.gather(out, 1, idx.unsqueeze(-1).expand_as(out))
     return out, h, c
+
+
+def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
+    """No-grad recurrence over length-sorted, time-major packed rows, in preallocated buffers."""
+    B, T, G = xproj.shape
+    C = G // 4
+    P = w_p.shape[0]
+    dev, dt = xproj.device, xproj.dtype
+    out = torch.zeros(B * T, P, dtype=dt, device=dev)
+    lens = lengths.detach().to("cpu", torch.long).clamp(0, T)
+    if B == 0 or T == 0 or int(lens.max()) == 0:
+        return out.view(B, T, P), h0, c0
+
+    # sort rows by length (longest first): at step t the running rows are a prefix
+    sorted_lens, order = torch.sort(lens, descending=True, stable=True)
+    running = sorted_lens.view(1, B) > torch.arange(T).view(T, 1)          # [T, B]
+    counts = running.sum(1).tolist()
+    t_idx, j_idx = running.nonzero(as_tuple=True)                           # t-major, j ascending
+    pos = (sorted_lens[j_idx] - 1 - t_idx) if reverse else t_idx           # position within the row
+    flat = (order[j_idx] * T + pos).to(dev)                                # packed -> [B*T] row
+    packed_x = xproj.reshape(B * T, G).index_select(0, flat)                # [N, 4C], N real steps
+    N = packed_x.shape[0]
+    packed_h = torch.empty(N, P, dtype=dt, device=dev)
+
+    order_d = order.to(dev)
+    c = c0.index_select(0, order_d).to(dt)                                  # [B, C], updated in place
+    h_prev = h0.index_select(0, order_d).to(dt)
+    gates = torch.empty(B, G, dtype=dt, device=dev)
+    cell_out = torch.empty(B, C, dtype=dt, device=dev)
+    w_hh_t, w_p_t = w_hh.t(), w_p.t()
+
+    off = 0
+    for t in range(T):
+        n = counts[t]
+        if n == 0:
+            break
+        g_n = gates[:n]
+        torch.addmm(packed_x[off : off + n], h_prev[:n], w_hh_t, out=g_n)
+        g_n[:, : 2 * C].sigmoid_()          # i, f
+        g_n[:, 2 * C : 3 * C].tanh_()       # g
+        g_n[:, 3 * C :].sigmoid_()          # o
+        c_n = c[:n]
+        c_n.mul_(g_n[:, C : 2 * C]).addcmul_(g_n[:, :C], g_n[:, 2 * C : 3 * C])
+        if cell_clip is not None:
+            c_n.clamp_(-cell_clip, cell_clip)
+        co = torch.tanh(c_n, out=cell_out[:n])
+        co.mul_(g_n[:, 3 * C :])
+        h_n = packed_h[off : off + n]
+        torch.mm(co, w_p_t, out=h_n)
+        if proj_clip is not None:
+            h_n.clamp_(-proj_clip, proj_clip)
+        h_prev = h_n                        # the next step's running rows are a prefix of these
+        off += n
+
+    out.index_copy_(0, flat, packed_h)
+    # final states: each row's h after its last step (h0 for empty rows), its c as left in place
+    starts = torch.tensor([0] + counts[:-1], dtype=torch.long).cumsum(0)   # packed offset of step t
+    h_sorted = h0.index_select(0, order_d).to(dt)
+    done = sorted_lens > 0
+    if bool(done.any()):
+        rows = torch.nonzero(done).view(-1)
+        last = (starts[sorted_lens[rows] - 1] + rows).to(dev)
+        h_sorted.index_copy_(0, rows.to(dev), packed_h.index_select(0, last))
+    h_T = torch.empty_like(h_sorted).index_copy_(0, order_d, h_sorted)
+    c_T = torch.empty_like(c).index_copy_(0, order_d, c)
+    return out.view(B, T, P), h_T, c_T

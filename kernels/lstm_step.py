@@ -1,0 +1,229 @@
+"""Projected-LSTM layer as two Triton kernels per timestep (a Python loop over T).
+
+_lstm_gates_kernel  gates = xproj[:, pos] + h @ w_hh^T for a [BLOCK_B x BLOCK_C] tile of cells (the
+                    four gate GEMMs side by side), fused epilogue: c = clip(sig(f) c + sig(i) tanh(g)),
+                    m = sig(o) tanh(c); c updated in place for active rows only
+_lstm_proj_kernel   h = clip(m @ w_p^T), written to the state and to out[b, pos] for active rows;
+                    rows past their length write out[b, s] = 0 and keep their state
+lstm_layer_triton   the launcher with the op's signature (see lstm_layer_ref)
+
+Precision: fp32 inputs run fp32 dots (input_precision="ieee", not tf32). bf16 inputs run bf16 x bf16
+dots with fp32 accumulation; the state h, c stays fp32 (h is rounded to bf16 only as a dot operand).
+Under TRITON_INTERPRET the bf16 dot runs as an fp32 dot of the bf16-rounded operands (same result;
+the interpreter's own bf16 dot is wrong in triton 3.9).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+
+
+@triton.jit
+def _lstm_gates_kernel(
+    xproj_ptr, whh_ptr, h_ptr, c_ptr, m_ptr, len_ptr,
+    s, B, T, C, P,
+    stride_xb, stride_xt,
+    cell_clip,
+    HAS_CELL_CLIP: tl.constexpr, REVERSE: tl.constexpr, LOWP: tl.constexpr, BF16_DOT: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    bmask = rb < B
+    cmask = rc < C
+    L = tl.load(len_ptr + rb, mask=bmask, other=0)
+    L = tl.minimum(tl.maximum(L, 0), T)
+    active = bmask & (s < L)
+    if REVERSE:
+        pos = L - 1 - s
+    else:
+        pos = L * 0 + s
+
+    acc_i = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
+    acc_f = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
+    acc_g = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
+    acc_o = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
+    for k0 in range(0, P, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        kmask = rk < P
+        h = tl.load(h_ptr + rb[:, None] * P + rk[None, :], mask=bmask[:, None] & kmask[None, :], other=0.0)
+        wmask = kmask[:, None] & cmask[None, :]
+        # w_hh is [4C, P]: the tile [BLOCK_K, BLOCK_C] of gate q is w_hh[q*C + rc, rk]^T
+        w_base = whh_ptr + rc[None, :] * P + rk[:, None]
+        w_i = tl.load(w_base + 0 * C * P, mask=wmask, other=0.0)
+        w_f = tl.load(w_base + 1 * C * P, mask=wmask, other=0.0)
+        w_g = tl.load(w_base + 2 * C * P, mask=wmask, other=0.0)
+        w_o = tl.load(w_base + 3 * C * P, mask=wmask, other=0.0)
+        if LOWP and BF16_DOT:
+            hl = h.to(tl.bfloat16)
+            acc_i += tl.dot(hl, w_i)
+            acc_f += tl.dot(hl, w_f)
+            acc_g += tl.dot(hl, w_g)
+            acc_o += tl.dot(hl, w_o)
+        elif LOWP:  # the same products, exact in fp32 (bf16 x bf16 fits fp32's mantissa)
+            hl = h.to(tl.bfloat16).to(tl.float32)
+            acc_i += tl.dot(hl, w_i.to(tl.float32), input_precision="ieee")
+            acc_f += tl.dot(hl, w_f.to(tl.float32), input_precision="ieee")
+            acc_g += tl.dot(hl, w_g.to(tl.float32), input_precision="ieee")
+            acc_o += tl.dot(hl, w_o.to(tl.float32), input_precision="ieee")
+        else:
+            acc_i += tl.dot(h, w_i, input_precision="ieee")
+            acc_f += tl.dot(h, w_f, input_precision="ieee")
+            acc_g += tl.dot(h, w_g, input_precision="ieee")
+            acc_o += tl.dot(h, w_o, input_precision="ieee")
+
+    amask = active[:, None] & cmask[None, :]
+    x_base = xproj_ptr + rb[:, None] * stride_xb + pos[:, None] * stride_xt + rc[None, :]
+    x_i = tl.load(x_base + 0 * C, mask=amask, other=0.0).to(tl.float32)
+    x_f = tl.load(x_base + 1 * C, mask=amask, other=0.0).to(tl.float32)
+    x_g = tl.load(x_base + 2 * C, mask=amask, other=0.0).to(tl.float32)
+    x_o = tl.load(x_base + 3 * C, mask=amask, other=0.0).to(tl.float32)
+    c_ptrs = c_ptr + rb[:, None] * C + rc[None, :]
+    c_old = tl.load(c_ptrs, mask=amask, other=0.0)
+    c_new = _sigmoid(acc_f + x_f) * c_old + _sigmoid(acc_i + x_i) * _tanh(acc_g + x_g)
+    if HAS_CELL_CLIP:
+        c_new = tl.minimum(tl.maximum(c_new, -cell_clip), cell_clip)
+    tl.store(c_ptrs, c_new, mask=amask)
+    m = _sigmoid(acc_o + x_o) * _tanh(c_new)
+    tl.store(m_ptr + rb[:, None] * C + rc[None, :], m, mask=amask)
+
+
+@triton.jit
+def _lstm_proj_kernel(
+    m_ptr, wp_ptr, h_ptr, out_ptr, len_ptr,
+    s, B, T, C, P,
+    proj_clip,
+    HAS_PROJ_CLIP: tl.constexpr, REVERSE: tl.constexpr, LOWP: tl.constexpr, BF16_DOT: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rp = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    bmask = rb < B
+    pmask = rp < P
+    L = tl.load(len_ptr + rb, mask=bmask, other=0)
+    L = tl.minimum(tl.maximum(L, 0), T)
+    active = bmask & (s < L)
+    if REVERSE:
+        pos = L - 1 - s
+    else:
+        pos = L * 0 + s
+
+    acc = tl.zeros((BLOCK_B, BLOCK_P), dtype=tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        kmask = rk < C
+        # m is only defined for active rows (masked to 0 elsewhere)
+        m = tl.load(m_ptr + rb[:, None] * C + rk[None, :], mask=active[:, None] & kmask[None, :], other=0.0)
+        # w_p is [P, C]: the tile [BLOCK_K, BLOCK_P] is w_p[rp, rk]^T
+        w = tl.load(wp_ptr + rp[None, :] * C + rk[:, None], mask=kmask[:, None] & pmask[None, :], other=0.0)
+        if LOWP and BF16_DOT:
+            acc += tl.dot(m.to(tl.bfloat16), w)
+        elif LOWP:
+            acc += tl.dot(m.to(tl.bfloat16).to(tl.float32), w.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(m, w, input_precision="ieee")
+    if HAS_PROJ_CLIP:
+        acc = tl.minimum(tl.maximum(acc, -proj_clip), proj_clip)
+
+    amask = active[:, None] & pmask[None, :]
+    tl.store(h_ptr + rb[:, None] * P + rp[None, :], acc, mask=amask)
+    out_row = out_ptr + rb[:, None] * (T * P) + rp[None, :]
+    tl.store(out_row + pos[:, None] * P, acc.to(out_ptr.dtype.element_ty), mask=amask)
+    pad = (bmask & (s >= L))[:, None] & pmask[None, :]
+    tl.store(out_row + s * P, tl.zeros((BLOCK_B, BLOCK_P), dtype=tl.float32).to(out_ptr.dtype.element_ty),
+             mask=pad)
+
+
+def _pow2(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(1, n))))
+
+
+def lstm_layer_triton(
+    xproj: torch.Tensor, w_hh: torch.Tensor, w_p: torch.Tensor, lengths: torch.Tensor,
+    h0: torch.Tensor, c0: torch.Tensor,
+    cell_clip: Optional[float] = None, proj_clip: Optional[float] = None, reverse: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One direction of one projected-LSTM layer; two Triton launches per timestep.
+
+    xproj [B, T, 4C] (fp32 or bf16), w_hh [4C, P], w_p [P, C] (xproj's dtype), lengths [B] int,
+    h0 [B, P], c0 [B, C] -> out [B, T, P] (xproj's dtype), h_T [B, P], c_T [B, C] (dtypes of h0, c0).
+    Semantics of `lstm_layer_ref`.
+    """
+    B, T, G = xproj.shape
+    C, P = G // 4, w_hh.shape[1]
+    dev = xproj.device
+    xproj = xproj if xproj.stride(2) == 1 else xproj.contiguous()
+    w_hh, w_p = w_hh.contiguous(), w_p.contiguous()
+    lens = lengths.to(device=dev, dtype=torch.int32).contiguous()
+    h = h0.to(torch.float32, copy=True).contiguous()
+    c = c0.to(torch.float32, copy=True).contiguous()
+    out = torch.empty(B, T, P, dtype=xproj.dtype, device=dev)
+    lmax = int(lens.clamp(0, T).max().item()) if B and T else 0
+    if lmax < T:
+        out[:, lmax:].zero_()
+    if lmax:
+        m = torch.empty(B, C, dtype=torch.float32, device=dev)
+        lowp = xproj.dtype == torch.bfloat16
+        # the interpreter (triton 3.9) computes bf16 x bf16 tl.dot wrongly: there the same products
+        # go through an fp32 dot of the bf16-rounded operands (identical math)
+        bf16_dot = dev.type == "cuda"
+        BLOCK_B = _pow2(B, 16, 64)
+        BLOCK_C = _pow2(C, 16, 64)
+        BLOCK_K = _pow2(P, 16, 64)
+        BLOCK_P = _pow2(P, 16, 64)
+        BLOCK_KC = _pow2(C, 16, 64)
+        grid_g = (triton.cdiv(B, BLOCK_B), triton.cdiv(C, BLOCK_C))
+        grid_p = (triton.cdiv(B, BLOCK_B), triton.cdiv(P, BLOCK_P))
+        cc = 0.0 if cell_clip is None else float(cell_clip)
+        pc = 0.0 if proj_clip is None else float(proj_clip)
+        for s in range(lmax):
+            _lstm_gates_kernel[grid_g](
+                xproj, w_hh, h, c, m, lens, s, B, T, C, P, xproj.stride(0), xproj.stride(1), cc,
+                HAS_CELL_CLIP=cell_clip is not None, REVERSE=bool(reverse), LOWP=lowp, BF16_DOT=bf16_dot,
+                BLOCK_B=BLOCK_B, BLOCK_C=BLOCK_C, BLOCK_K=BLOCK_K,
+            )
+            _lstm_proj_kernel[grid_p](
+                m, w_p, h, out, lens, s, B, T, C, P, pc,
+                HAS_PROJ_CLIP=proj_clip is not None, REVERSE=bool(reverse), LOWP=lowp, BF16_DOT=bf16_dot,
+                BLOCK_B=BLOCK_B, BLOCK_P=BLOCK_P, BLOCK_K=BLOCK_KC,
+            )
+    return out, h.to(h0.dtype), c.to(c0.dtype)
+
+
+def not_supported_reasons(inputs: Dict[str, Any], forced: bool) -> List[str]:
+    """Why the Triton step kernels cannot run this call ([] = they can)."""
+    from elmo_fast.ops._dispatch import device_reasons
+
+    reasons = list(device_reasons(inputs, forced, allow_interpreter=True))
+    xproj, w_hh, w_p = inputs.get("xproj"), inputs.get("w_hh"), inputs.get("w_p")
+    h0, c0, lengths = inputs.get("h0"), inputs.get("c0"), inputs.get("lengths")
+    if not all(isinstance(t, torch.Tensor) for t in (xproj, w_hh, w_p, h0, c0, lengths)):
+        return reasons + ["xproj, w_hh, w_p, lengths, h0, c0 must all be tensors"]
+    if xproj.dtype not in (torch.float32, torch.bfloat16):
+        reasons.append(f"xproj dtype {xproj.dtype} (float32 or bfloat16 only)")
+    if w_hh.dtype != xproj.dtype or w_p.dtype != xproj.dtype:
+        reasons.append(f"w_hh/w_p dtypes {w_hh.dtype}/{w_p.dtype} differ from xproj's {xproj.dtype}")
+    if lengths.dtype not in (torch.int32, torch.int64):
+        reasons.append(f"lengths dtype {lengths.dtype} (int32 or int64 only)")
+    if xproj.dim() != 3 or xproj.shape[-1] % 4 or w_hh.dim() != 2 or w_p.dim() != 2:
+        reasons.append("expected xproj [B, T, 4C], w_hh [4C, P], w_p [P, C]")
+    else:
+        B, T, G = xproj.shape
+        C, P = G // 4, w_hh.shape[1]
+        if (tuple(w_hh.shape) != (4 * C, P) or tuple(w_p.shape) != (P, C) or tuple(h0.shape) != (B, P)
+                or tuple(c0.shape) != (B, C) or tuple(lengths.shape) != (B,)):
+            reasons.append("shapes disagree: need w_hh [4C, P], w_p [P, C], lengths [B], h0 [B, P], c0 [B, C]")
+    return reasons

@@ -1,0 +1,260 @@
+"""Persistent projected-LSTM CUDA extension (csrc/, elmo_fast/lstm_cuda.py).
+
+On any machine with nvcc: the extension compiles and imports; the wrapper's argument checks raise
+clear errors without a pointer crossing; the support rules say why the backend cannot run on a
+CPU machine. On a GPU (marked gpu): the kernel against the fp64 reference at every model shape.
+"""
+import importlib.util
+
+import pytest
+import torch
+
+from elmo_fast import lstm_cuda
+from elmo_fast.reference.lstm import lstm_layer_ref
+from tolerances import ERR_RATIO, assert_close, assert_lowp_close, err_ratio
+
+NAMES = ("xproj", "w_hh", "w_p", "lengths", "h0", "c0")
+
+
+def make_inputs(B, T, C, P, lengths, device="cpu", dtype=torch.float32):
+    """fp32 inputs rounded to `dtype` (the fp64 oracle sees what the kernel sees), fp32 state."""
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, device=device) * scale).to(dtype).to(torch.float32)
+    return [r(B, T, 4 * C), r(4 * C, P, scale=P ** -0.5), r(P, C, scale=2 * C ** -0.5),
+            torch.as_tensor(lengths, dtype=torch.int64, device=device), r(B, P), r(B, C)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Build and import (CPU CI)
+# ---------------------------------------------------------------------------------------------
+def test_extension_compiles_with_nvcc(tmp_path):
+    src = lstm_cuda.csrc_dir()
+    if src is None:
+        pytest.skip("the CUDA sources (csrc/) are not shipped with this installation")
+    if lstm_cuda._nvcc_build_module(src).find_nvcc() is None:
+        pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH): cannot compile the extension")
+    so = lstm_cuda.build_extension(out_dir=tmp_path, archs="90")
+    spec = importlib.util.spec_from_file_location("elmo_fast._lstm_cuda", so)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    info = module.build_info()
+    assert info["arch"] == "90" and info["cudart_version"] >= 12000
+    assert {"plan", "launch", "build_info"} <= set(dir(module))
+
+
+def test_prebuilt_extension_imports():
+    if importlib.util.find_spec("elmo_fast._lstm_cuda") is None:
+        pytest.skip("elmo_fast._lstm_cuda not built (pip install -e . on a machine with nvcc): "
+                    + lstm_cuda.extension_status())
+    import elmo_fast._lstm_cuda as ext
+
+    assert "arch" in ext.build_info()
+    assert lstm_cuda.extension_status().startswith("built")
+
+
+def test_extension_status_is_a_line():
+    status = lstm_cuda.extension_status()
+    assert isinstance(status, str) and status and "\n" not in status
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks: errors name the argument; nothing reaches the extension
+# ---------------------------------------------------------------------------------------------
+def _args(**over):
+    args = dict(zip(NAMES, make_inputs(3, 5, 8, 4, [5, 1, 0])))
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize("change,exc,word", [
+    pytest.param({}, ValueError, "xproj is on cpu", id="cpu-tensors"),
+    pytest.param({"w_hh": torch.zeros(31, 4)}, ValueError, "w_hh", id="w_hh-shape"),
+    pytest.param({"w_p": torch.zeros(4, 9)}, ValueError, "w_p", id="w_p-shape"),
+    pytest.param({"c0": torch.zeros(3, 7)}, ValueError, "c0", id="c0-shape"),
+    pytest.param({"lengths": torch.zeros(2, dtype=torch.int64)}, ValueError, "lengths", id="lengths-shape"),
+    pytest.param({"xproj": torch.zeros(3, 5, 30)}, ValueError, "4*C", id="xproj-not-4C"),
+    pytest.param({"xproj": torch.zeros(3, 5)}, ValueError, "xproj", id="xproj-2d"),
+    pytest.param({"w_p": torch.zeros(4, 8, dtype=torch.bfloat16)}, TypeError, "w_p", id="w_p-dtype"),
+    pytest.param({"xproj": torch.zeros(3, 5, 32, dtype=torch.float16)}, TypeError, "xproj", id="fp16"),
+    pytest.param({"lengths": torch.zeros(3)}, TypeError, "lengths", id="lengths-float"),
+    pytest.param({"h0": [0.0]}, TypeError, "h0", id="h0-not-tensor"),
+])
+def test_wrapper_rejects_bad_arguments(change, exc, word):
+    with pytest.raises(exc, match=word):
+        lstm_cuda.lstm_layer_cuda(**_args(**change))
+
+
+def test_wrapper_rejects_odd_projection():
+    args = dict(zip(NAMES, make_inputs(2, 3, 8, 5, [3, 1])))
+    with pytest.raises(ValueError, match="even projection size"):
+        lstm_cuda.lstm_layer_cuda(**args)
+
+
+def test_wrapper_rejects_bad_clip():
+    with pytest.raises(ValueError, match="cell_clip"):
+        lstm_cuda.lstm_layer_cuda(**_args(), cell_clip=-1.0)
+
+
+def test_raw_launcher_requires_contiguous():
+    """The layer behind the custom op takes only contiguous tensors (the public wrapper copies)."""
+    args = _args(w_hh=torch.zeros(4, 32).t())
+    with pytest.raises(ValueError, match="w_hh must be contiguous"):
+        lstm_cuda._check_args(*args.values(), None, None, need_contiguous=True, need_cuda=False)
+
+
+def test_fake_impl_gives_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        args = [torch.empty(2, 7, 32, dtype=torch.bfloat16), torch.empty(32, 4, dtype=torch.bfloat16),
+                torch.empty(4, 8, dtype=torch.bfloat16), torch.empty(2, dtype=torch.int64),
+                torch.empty(2, 4), torch.empty(2, 8)]
+        out, h, c = torch.ops.elmo_fast.lstm_layer(*args, 3.0, None, True)
+    assert out.shape == (2, 7, 4) and out.dtype == torch.bfloat16
+    assert h.shape == (2, 4) and c.shape == (2, 8) and h.dtype == torch.float32
+
+
+def test_not_supported_reasons_on_cpu():
+    reasons = lstm_cuda.not_supported_reasons(_args(), forced=False)
+    assert any("cpu" in r for r in reasons), reasons
+    if not torch.cuda.is_available():
+        assert any("no CUDA device" in r for r in reasons), reasons
+    # shape problems are reasons too, never exceptions
+    reasons = lstm_cuda.not_supported_reasons(_args(w_p=torch.zeros(4, 9)), forced=True)
+    assert any("w_p" in r for r in reasons), reasons
+
+
+def test_dispatcher_skips_cuda_on_cpu():
+    from elmo_fast.ops.lstm import _op
+
+    choice = dict(_op.explain(**_args()))
+    assert choice["cuda"], "the CUDA backend must give reasons on a CPU machine"
+
+
+# ---------------------------------------------------------------------------------------------
+# On a GPU: kernel vs fp64 reference
+# ---------------------------------------------------------------------------------------------
+GPU_SHAPES = [
+    pytest.param(3, 7, 64, 16, id="fixture-C64-P16-B3-T7"),
+    pytest.param(256, 5, 64, 16, id="fixture-C64-P16-B256-T5"),
+    pytest.param(1, 50, 1024, 128, id="small-C1024-P128-B1-T50"),
+    pytest.param(64, 20, 1024, 128, id="small-C1024-P128-B64-T20"),
+    pytest.param(8, 20, 2048, 256, id="medium-C2048-P256-B8-T20"),
+    pytest.param(1, 20, 4096, 512, id="original-C4096-P512-B1-T20"),
+    pytest.param(5, 20, 4096, 512, id="original-C4096-P512-B5-T20"),
+    pytest.param(256, 8, 4096, 512, id="original-C4096-P512-B256-T8"),
+    pytest.param(2, 9, 40, 6, id="odd-C40-P6-B2-T9"),
+]
+
+
+def ragged(B, T, device):
+    """Lengths with a full row, a length-1 row and an empty row (where B allows), others random."""
+    lens = torch.randint(0, T + 1, (B,))
+    for i, v in enumerate((T, 1, 0)[:B]):
+        lens[i] = v
+    return lens.to(device)
+
+
+def run_both(B, T, C, P, dtype, reverse, clip, residency="auto"):
+    xproj, w_hh, w_p, _, h0, c0 = make_inputs(B, T, C, P, [0] * B, "cuda", dtype)
+    lens = ragged(B, T, "cuda")
+    low = [t.to(dtype) for t in (xproj, w_hh, w_p)]
+    got = lstm_cuda.lstm_layer_cuda_with(*low, lens, h0, c0, clip, clip, reverse, residency=residency)
+    ref = lstm_layer_ref(xproj.double(), w_hh.double(), w_p.double(), lens, h0.double(), c0.double(),
+                         clip, clip, reverse)
+    return got, ref, (low, lens, h0, c0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,T,C,P", GPU_SHAPES)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "bwd"])
+def test_fp32_matches_reference(B, T, C, P, reverse):
+    got, ref, _ = run_both(B, T, C, P, torch.float32, reverse, 3.0)
+    for name, g, r in zip(("out", "h_T", "c_T"), got, ref):
+        assert_close(g, r.float(), torch.float32, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,T,C,P", GPU_SHAPES)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "bwd"])
+def test_bf16_within_torch_error(B, T, C, P, reverse):
+    bf = torch.bfloat16
+    got, ref, (low, lens, h0, c0) = run_both(B, T, C, P, bf, reverse, 3.0)
+    base = lstm_layer_ref(*low, lens, h0.to(bf), c0.to(bf), 3.0, 3.0, reverse)
+    for name, g, r, b in zip(("out", "h_T", "c_T"), got, ref, base):
+        assert_lowp_close(g, r, b, msg=name)
+        assert err_ratio(g, r) <= ERR_RATIO[bf], name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("residency", ["global", "shared"])
+@pytest.mark.parametrize("B,T,C,P", [GPU_SHAPES[0], GPU_SHAPES[3], GPU_SHAPES[6]])
+def test_residency_paths_agree(B, T, C, P, residency):
+    """Both weight paths (on chip, and the global/L2 fallback) match the reference."""
+    dtype = torch.bfloat16 if C == 4096 else torch.float32
+    got, ref, (low, lens, h0, c0) = run_both(B, T, C, P, dtype, True, 3.0, residency)
+    if dtype == torch.float32:
+        for name, g, r in zip(("out", "h_T", "c_T"), got, ref):
+            assert_close(g, r.float(), torch.float32, msg=name)
+    else:
+        for name, g, r in zip(("out", "h_T", "c_T"), got, ref):
+            assert err_ratio(g, r) <= ERR_RATIO[dtype], name
+
+
+@pytest.mark.gpu
+def test_fp32_original_falls_back_to_global():
+    """fp32 weights of the original model do not fit on chip: the plan must say so and still run."""
+    ext = lstm_cuda.load_extension()
+    assert not ext.plan(0, 1, 4, 4096, 512, torch.cuda.current_device())["on_chip"]
+    assert ext.plan(1, 1, 4, 4096, 512, torch.cuda.current_device())["on_chip"]
+
+
+@pytest.mark.gpu
+def test_stateful_continuation():
+    B, T, C, P = 5, 6, 1024, 128
+    xa, w_hh, w_p, _, h0, c0 = make_inputs(B, T, C, P, [0] * B, "cuda")
+    xb = make_inputs(B, T, C, P, [0] * B, "cuda")[0]
+    la, lb = ragged(B, T, "cuda"), ragged(B, T, "cuda").flip(0)
+    o1, h1, c1 = lstm_cuda.lstm_layer_cuda(xa, w_hh, w_p, la, h0, c0, 3.0, 3.0)
+    o2, h2, c2 = lstm_cuda.lstm_layer_cuda(xb, w_hh, w_p, lb, h1, c1, 3.0, 3.0)
+    d = [t.double() for t in (xa, xb, w_hh, w_p, h0, c0)]
+    r1 = lstm_layer_ref(d[0], d[2], d[3], la, d[4], d[5], 3.0, 3.0)
+    r2 = lstm_layer_ref(d[1], d[2], d[3], lb, r1[1], r1[2], 3.0, 3.0)
+    for name, g, r in zip(("out1", "out2", "h", "c"), (o1, o2, h2, c2), (r1[0], r2[0], r2[1], r2[2])):
+        assert_close(g, r.float(), torch.float32, msg=name)
+
+
+@pytest.mark.gpu
+def test_both_directions_in_one_launch():
+    B, T, C, P = 4, 9, 1024, 128
+    f = make_inputs(B, T, C, P, [0] * B, "cuda")
+    b = make_inputs(B, T, C, P, [0] * B, "cuda")
+    lens = ragged(B, T, "cuda")
+    f[3] = b[3] = lens
+    (of, hf, cf), (ob, hb, cb) = lstm_cuda.lstm_bidir_cuda(tuple(f), tuple(b), 3.0, 3.0)
+    rf = lstm_layer_ref(*[t.double() if t.is_floating_point() else t for t in f], 3.0, 3.0, False)
+    rb = lstm_layer_ref(*[t.double() if t.is_floating_point() else t for t in b], 3.0, 3.0, True)
+    for name, g, r in zip(("out_f", "h_f", "c_f", "out_b", "h_b", "c_b"), (of, hf, cf, ob, hb, cb), rf + rb):
+        assert_close(g, r.float(), torch.float32, msg=name)
+
+
+@pytest.mark.gpu
+def test_no_clip_and_non_contiguous_inputs():
+    B, T, C, P = 3, 7, 64, 16
+    xproj, w_hh, w_p, _, h0, c0 = make_inputs(B, T + 3, C, P, [0] * B, "cuda")
+    view = xproj[:, 2:T + 2]
+    lens = ragged(B, T, "cuda")
+    got = lstm_cuda.lstm_layer_cuda(view, w_hh, w_p, lens, h0, c0, None, None, True)
+    ref = lstm_layer_ref(view.double(), w_hh.double(), w_p.double(), lens, h0.double(), c0.double(), None, None, True)
+    for name, g, r in zip(("out", "h_T", "c_T"), got, ref):
+        assert_close(g, r.float(), torch.float32, msg=name)
+
+
+@pytest.mark.gpu
+def test_deterministic():
+    args = make_inputs(8, 10, 1024, 128, [10, 1, 0, 5, 7, 10, 3, 9], "cuda")
+    a = lstm_cuda.lstm_layer_cuda(*args, 3.0, 3.0)
+    b = lstm_cuda.lstm_layer_cuda(*args, 3.0, 3.0)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
