@@ -53,8 +53,10 @@ def corpus_words(seed: int):
         return sents, src
     # synthetic fallback: Zipf-like vocabulary, English-like word lengths (mean ~4.7 bytes)
     rng = random.Random(seed)
-    vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(max(1, min(60, int(rng.lognormvariate(1.4, 0.55))))))
-             for _ in range(5000)]
+    def length():
+        return max(1, min(60, int(rng.lognormvariate(1.4, 0.55))))
+
+    vocab = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(length())) for _ in range(5000)]
     weights = [1.0 / (r + 1) for r in range(len(vocab))]
     sents = [rng.choices(vocab, weights, k=rng.randint(5, 40)) for _ in range(2000)]
     return sents, "SYNTHETIC Zipf-like lengths (fixture sentences.json not found)"
@@ -139,10 +141,12 @@ def environment() -> dict:
     import triton
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
     except OSError:
         commit = ""
-    return dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    return dict(device=name,
                 torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
                 commit=commit, cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
 
@@ -160,7 +164,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
 
-    from elmo_fast.dedup import unique_tokens
+    from elmo_fast.dedup import real_lengths, unique_tokens
     from elmo_fast.kernels.char_cnn import _config, char_cnn_fwd
     from elmo_fast.reference.char_cnn import char_cnn_ref
 
@@ -181,7 +185,8 @@ def main(argv=None) -> int:
     print(f"# padding trick on {t['tokens']} tokens (mean real length {t['mean_real_len']:.2f}, median "
           f"{t['median_real_len']:.0f}): FLOPs / {t['saving_per_token']:.2f} per token, "
           f"/ {t['saving_blocked_input_order']:.2f} in blocks of {block_t} (input order), "
-          f"/ {t['saving_blocked_sorted']:.2f} sorted by length; unique tokens {100 * t['unique_fraction']:.1f}% "
+          f"/ {t['saving_blocked_sorted']:.2f} sorted by length; "
+          f"unique tokens {100 * t['unique_fraction']:.1f}% "
           f"-> / {t['saving_dedup_sorted_blocked']:.1f} with dedup")
 
     torch.manual_seed(args.seed)
@@ -190,14 +195,15 @@ def main(argv=None) -> int:
     ws32 = [torch.randn(w, E_STD, n, device=dev) / (w * E_STD) ** 0.5 for w, n in STANDARD_FILTERS]
     bs32 = [0.1 * torch.randn(n, device=dev) for _, n in STANDARD_FILTERS]
 
-    hdr = f"{'dtype':5} {'N':>7} {'impl':22} {'ms':>9} {'[p20, p80]':>19} {'Mtok/s':>8} {'TF/s eff':>9} {'TF/s exec':>9}"
+    hdr = (f"{'dtype':5} {'N':>7} {'impl':22} {'ms':>9} {'[p20, p80]':>19} {'Mtok/s':>8} "
+           f"{'TF/s eff':>9} {'TF/s exec':>9}")
     print(hdr)
     for dname in args.dtypes:
         dt = dtypes[dname]
         emb, ws, bs = emb32.to(dt), [w.to(dt) for w in ws32], [b.to(dt) for b in bs32]
         for n in sizes:
             chars = big[:n].to(dev)
-            sorted_chars = chars[torch.argsort(torch.where(chars != PAD, torch.arange(1, L + 1, device=dev), 0).amax(1))]
+            sorted_chars = chars[torch.argsort(real_lengths(chars))]
             impls = [("reference (cuDNN)" if cuda else "reference (torch CPU)",
                       lambda: char_cnn_ref(chars, emb, ws, bs), full_flops(n))]
             if cuda:
@@ -213,16 +219,19 @@ def main(argv=None) -> int:
                 rec = dict(dtype=dname, n=n, impl=name, ms=ms, p20=lo, p80=hi, tokens_per_s=n / ms * 1e3,
                            tflops_eff=full_flops(n) / ms / 1e9, tflops_exec=flops / ms / 1e9)
                 records["runs"].append(rec)
-                print(f"{dname:5} {n:>7} {name:22} {ms:9.3f} [{lo:8.3f}, {hi:8.3f}] {rec['tokens_per_s'] / 1e6:8.3f} "
+                print(f"{dname:5} {n:>7} {name:22} {ms:9.3f} [{lo:8.3f}, {hi:8.3f}] "
+                      f"{rec['tokens_per_s'] / 1e6:8.3f} "
                       f"{rec['tflops_eff']:9.2f} {rec['tflops_exec']:9.2f}")
         if args.dry_run:  # the interpreter is far too slow to time: check it once at tiny N
             chars = big[:16]
             ref = char_cnn_ref(chars, emb, ws, bs).float()
             for trick in (True, False):
                 err = (char_cnn_fwd(chars, emb, ws, bs, use_pad_trick=trick).float() - ref).abs().max()
-                print(f"#   {dname} interpreter (pad trick {trick}) vs reference, N=16: max |diff| = {float(err):.2e}")
+                print(f"#   {dname} interpreter (pad trick {trick}) vs reference, N=16: "
+                      f"max |diff| = {float(err):.2e}")
 
-    print(f"\n# dedup (ms): {'N':>7} {'hash':>9} {'sort (packed)':>14} {'torch.unique(dim=0)':>20} {'unique %':>9}")
+    print(f"\n# dedup (ms): {'N':>7} {'hash':>9} {'sort (packed)':>14} {'torch.unique(dim=0)':>20} "
+          f"{'unique %':>9}")
     for n in sizes:
         chars = big[:n].to(dev)
         row = dict(n=n, unique=int(unique_tokens(chars)[0].shape[0]))
@@ -230,7 +239,8 @@ def main(argv=None) -> int:
         row["sort_ms"] = timer(lambda: unique_tokens(chars, method="sort"), cuda)[0]
         row["torch_unique_ms"] = timer(lambda: torch.unique(chars, dim=0, return_inverse=True), cuda)[0]
         records["dedup"].append(row)
-        print(f"#            {n:>7} {row['hash_ms']:9.3f} {row['sort_ms']:14.3f} {row['torch_unique_ms']:20.3f} "
+        print(f"#            {n:>7} {row['hash_ms']:9.3f} {row['sort_ms']:14.3f} "
+              f"{row['torch_unique_ms']:20.3f} "
               f"{100 * row['unique'] / n:9.1f}")
 
     if args.json:

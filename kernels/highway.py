@@ -142,6 +142,7 @@ def not_supported_reasons(inputs: Dict[str, Any], forced: bool) -> List[str]:
         why.append(f"w_proj shape {tuple(w_proj.shape)} is not [{D}, P]")
     if isinstance(w_proj, torch.Tensor) and w_proj.dtype != x.dtype:
         why.append(f"w_proj dtype {w_proj.dtype} != x dtype {x.dtype}")
-    if isinstance(b_proj, torch.Tensor) and isinstance(w_proj, torch.Tensor) and b_proj.shape != w_proj.shape[-1:]:
+    if (isinstance(b_proj, torch.Tensor) and isinstance(w_proj, torch.Tensor)
+            and b_proj.shape != w_proj.shape[-1:]):
         why.append(f"b_proj shape {tuple(b_proj.shape)} != ({w_proj.shape[-1]},)")
     return why

@@ -104,14 +104,13 @@ def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, revers
     t_idx, j_idx = running.nonzero(as_tuple=True)                           # t-major, j ascending
     pos = (sorted_lens[j_idx] - 1 - t_idx) if reverse else t_idx           # position within the row
     flat = (order[j_idx] * T + pos).to(dev)                                # packed -> [B*T] row
-    packed_x = xproj.reshape(B * T, G).index_select(0, flat)                # [N, 4C], N real steps
+    packed_x = xproj.reshape(B * T, G).index_select(0, flat)                # [N, 4C], N real steps (a copy)
     N = packed_x.shape[0]
     packed_h = torch.empty(N, P, dtype=dt, device=dev)
 
     order_d = order.to(dev)
     c = c0.index_select(0, order_d).to(dt)                                  # [B, C], updated in place
     h_prev = h0.index_select(0, order_d).to(dt)
-    gates = torch.empty(B, G, dtype=dt, device=dev)
     cell_out = torch.empty(B, C, dtype=dt, device=dev)
     w_hh_t, w_p_t = w_hh.t(), w_p.t()
 
@@ -120,8 +119,8 @@ def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, revers
         n = counts[t]
         if n == 0:
             break
-        g_n = gates[:n]
-        torch.addmm(packed_x[off : off + n], h_prev[:n], w_hh_t, out=g_n)
+        g_n = packed_x[off : off + n]       # our own copy: the gates are computed in place
+        g_n.addmm_(h_prev[:n], w_hh_t)
         g_n[:, : 2 * C].sigmoid_()          # i, f
         g_n[:, 2 * C : 3 * C].tanh_()       # g
         g_n[:, 3 * C :].sigmoid_()          # o
