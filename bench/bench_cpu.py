@@ -73,26 +73,39 @@ def main(argv=None) -> int:
           f"masks equal: {same_mask}", flush=True)
 
     times = {k: [] for k in calls}
+    cpu = {k: [] for k in calls}
     for r in range(args.reps):
         order = list(calls) if r % 2 == 0 else list(reversed(list(calls)))
         for k in order:
+            c = time.process_time()
             t = time.perf_counter()
             calls[k](ids)
             times[k].append(time.perf_counter() - t)
-        print(f"  rep {r + 1}/{args.reps}: " + ", ".join(f"{k} {times[k][-1]:.3f} s" for k in calls), flush=True)
-    res = {k: {"median_s": statistics.median(v), "min_s": min(v), "times_s": v,
-               "tokens_per_s": ntok / statistics.median(v)} for k, v in times.items()}
+            cpu[k].append(time.process_time() - c)
+        print(f"  rep {r + 1}/{args.reps}: " + ", ".join(f"{k} {times[k][-1]:.3f} s (cpu {cpu[k][-1]:.3f} s)"
+                                                        for k in calls), flush=True)
+    res = {k: {"median_s": statistics.median(v), "min_s": min(v), "times_s": v, "cpu_times_s": cpu[k],
+               "tokens_per_s": ntok / statistics.median(v), "tokens_per_s_best": ntok / min(v)}
+           for k, v in times.items()}
     ratio = res["elmo_fast"]["tokens_per_s"] / res["allennlp"]["tokens_per_s"]
+    ratio_best = res["elmo_fast"]["tokens_per_s_best"] / res["allennlp"]["tokens_per_s_best"]
+    ratio_cpu = statistics.median(cpu["allennlp"]) / statistics.median(cpu["elmo_fast"])
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"elmo_fast reference: {res['elmo_fast']['tokens_per_s']:8.1f} tokens/s "
           f"(median {res['elmo_fast']['median_s']:.3f} s/batch)")
     print(f"allennlp 0.9 Elmo:   {res['allennlp']['tokens_per_s']:8.1f} tokens/s "
           f"(median {res['allennlp']['median_s']:.3f} s/batch)")
-    print(f"ratio: {ratio:.2f}x  (threads {torch.get_num_threads()}, batch {args.batch}, {ntok} tokens)")
+    print(f"ratio: {ratio:.2f}x on medians, {ratio_best:.2f}x on best calls, {ratio_cpu:.2f}x on process CPU "
+          f"time  (threads {torch.get_num_threads()}, batch {args.batch}, {ntok} tokens; load average {load})")
+    if load and load[0] > (os.cpu_count() or 1):
+        print("  note: the machine is loaded by other processes; wall times are noisy (compare the best "
+              "calls, or run with --threads 1)")
     if args.json_path:
         rec = {"kind": "bench_cpu", "environment": env, "arch": args.arch, "batch": args.batch,
                "tokens": ntok, "max_len": int(ids.shape[1]), "threads": torch.get_num_threads(),
                "reps": args.reps, "sentence_lengths_from": lengths_src, "vocabulary_from": vocab_src,
-               "results": res, "ratio": ratio, "first_call_error": err, "masks_equal": same_mask}
+               "results": res, "ratio": ratio, "ratio_best": ratio_best, "ratio_cpu_time": ratio_cpu,
+               "load_average_after": load, "first_call_error": err, "masks_equal": same_mask}
         os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)
         with open(args.json_path, "w") as f:
             json.dump(rec, f, indent=1)

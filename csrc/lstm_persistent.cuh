@@ -81,9 +81,38 @@ template <> struct Num<__nv_bfloat16> {
   }
 };
 
-__device__ __forceinline__ int clamp_len(int L, int T) { return L < 0 ? 0 : (L > T ? T : L); }
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
-__device__ __forceinline__ float clip_f(float x, float lim) { return fminf(fmaxf(x, -lim), lim); }
+// ---- scalar pieces shared by the kernel and the host emulator (lstm_emulate, CPU-tested) ----
+#define ELMO_HD __host__ __device__ __forceinline__
+
+ELMO_HD int clamp_len(int L, int T) { return L < 0 ? 0 : (L > T ? T : L); }
+ELMO_HD float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
+ELMO_HD float clip_f(float x, float lim) { return fminf(fmaxf(x, -lim), lim); }
+// position in its row that step s of a row of length L handles (s < L): the backward direction
+// walks each row from its own last token
+ELMO_HD int step_pos(int L, int s, int reverse) { return reverse ? L - 1 - s : s; }
+// new cell state from the four gate pre-activations (i, f, g, o order) and the previous state
+ELMO_HD float cell_update(float gi, float gf, float gg, float c, int has_clip, float clip) {
+  float cn = sigmoid_f(gf) * c + sigmoid_f(gi) * tanhf(gg);
+  if (has_clip) cn = clip_f(cn, clip);
+  return cn;
+}
+ELMO_HD float cell_output(float go, float c) { return sigmoid_f(go) * tanhf(c); }
+// element of the 4*C gate vector: gate g (0 i, 1 f, 2 g, 3 o) of cell j
+ELMO_HD size_t xproj_index(size_t b, int pos, int T, int C, int g, int j) {
+  return (b * T + pos) * (size_t(4) * C) + size_t(g) * C + j;
+}
+// on-chip W_hh copy: row of gate g of the jl-th own cell ([cpb][4][P]); global: row g*C + j of [4C, P]
+ELMO_HD int wsmem_row(int jl, int g) { return jl * 4 + g; }
+ELMO_HD size_t whh_row(int g, int C, int j) { return size_t(g) * C + j; }
+// reduce-scatter bookkeeping: the accumulator slot of (gate g, tile row bb) is g*BT + bb; after the
+// scatter lane l holds slot l & (NV - 1)
+ELMO_HD int acc_slot(int g, int bb, int BT) { return g * BT + bb; }
+ELMO_HD int rs_slot(int lane, int NV) { return lane & (NV - 1); }
+// one butterfly stage: the lane with bit S set keeps the upper half (and sends the lower)
+ELMO_HD void rs_pick(bool upper, float lo, float hi, float& send, float& keep) {
+  send = upper ? lo : hi;
+  keep = upper ? hi : lo;
+}
 
 // One butterfly stage of the warp reduce-scatter below: the NV-element vector (in v[0..2S)) is
 // halved; lanes with bit S set keep the upper half, the others the lower, each adding its partner's.
@@ -92,8 +121,8 @@ __device__ __forceinline__ void reduce_scatter_stage(float* v, int lane) {
   const bool upper = (lane & S) != 0;
 #pragma unroll
   for (int i = 0; i < S; ++i) {
-    const float send = upper ? v[i] : v[i + S];
-    const float keep = upper ? v[i + S] : v[i];
+    float send, keep;
+    rs_pick(upper, v[i], v[i + S], send, keep);
     v[i] = keep + __shfl_xor_sync(0xffffffffu, send, S);
   }
   if constexpr (S > 1) reduce_scatter_stage<S / 2>(v, lane);
@@ -169,8 +198,8 @@ __global__ void __launch_bounds__(kThreads, 2) lstm_persistent_kernel(const Para
     const int rows = 4 * nc;
     for (int idx = tid; idx < rows * P; idx += blockDim.x) {
       const int r = idx / P, k = idx - r * P;
-      const int jl = r >> 2, g = r & 3;
-      w_s[idx] = whh[(size_t(g) * C + c0 + jl) * P + k];
+      const int jl = r >> 2, g = r & 3;  // r == wsmem_row(jl, g)
+      w_s[idx] = whh[whh_row(g, C, c0 + jl) * P + k];
     }
     for (int idx = tid; idx < nc * P; idx += blockDim.x) wp_s[idx] = wpT[size_t(c0) * P + idx];
   }
@@ -216,20 +245,19 @@ __global__ void __launch_bounds__(kThreads, 2) lstm_persistent_kernel(const Para
         for (int jl = warp; jl < nc; jl += kWarps) {
           const int cj = c0 + jl;
           // this lane's element of the reduce-scatter: gate eg of batch row eb; fetch its xproj early
-          const int e = lane & (NV - 1), eg = e / BT, eb = b0 + (e % BT);
+          const int e = rs_slot(lane, NV), eg = e / BT, eb = b0 + (e % BT);  // e == acc_slot(eg, eb - b0)
           float xv = 0.0f;
           if (eb < B) {
             const int L = clamp_len(dp.lengths[eb], T);
             if (s < L) {
-              const int pos = dp.reverse ? L - 1 - s : s;
-              xv = Num<W>::to_f(xproj[(size_t(eb) * T + pos) * (size_t(4) * C) + size_t(eg) * C + cj]);
+              xv = Num<W>::to_f(xproj[xproj_index(eb, step_pos(L, s, dp.reverse), T, C, eg, cj)]);
             }
           }
           const W* rows[4];
 #pragma unroll
           for (int g = 0; g < 4; ++g)
-            rows[g] = kOnChip ? w_s + size_t(jl * 4 + g) * P
-                              : static_cast<const W*>(dp.w_hh) + (size_t(g) * C + cj) * P;
+            rows[g] = kOnChip ? w_s + size_t(wsmem_row(jl, g)) * P
+                              : static_cast<const W*>(dp.w_hh) + whh_row(g, C, cj) * P;
 
           float acc[NV];
 #pragma unroll
@@ -244,18 +272,18 @@ __global__ void __launch_bounds__(kThreads, 2) lstm_persistent_kernel(const Para
               const float2 hv = *reinterpret_cast<const float2*>(h_s + bb * P + 2 * k2);
 #pragma unroll
               for (int g = 0; g < 4; ++g) {
-                acc[g * BT + bb] = fmaf(w[g].x, hv.x, acc[g * BT + bb]);
-                acc[g * BT + bb] = fmaf(w[g].y, hv.y, acc[g * BT + bb]);
+                acc[acc_slot(g, bb, BT)] = fmaf(w[g].x, hv.x, acc[acc_slot(g, bb, BT)]);
+                acc[acc_slot(g, bb, BT)] = fmaf(w[g].y, hv.y, acc[acc_slot(g, bb, BT)]);
               }
             }
           }
           const float gate = warp_reduce_scatter<NV>(acc, lane) + xv;
           // lane bb (< BT) collects the four gates of batch row b0 + bb
           const int mb = lane % BT;
-          const float gi = __shfl_sync(0xffffffffu, gate, 0 * BT + mb);
-          const float gf = __shfl_sync(0xffffffffu, gate, 1 * BT + mb);
-          const float gg = __shfl_sync(0xffffffffu, gate, 2 * BT + mb);
-          const float go = __shfl_sync(0xffffffffu, gate, 3 * BT + mb);
+          const float gi = __shfl_sync(0xffffffffu, gate, acc_slot(0, mb, BT));
+          const float gf = __shfl_sync(0xffffffffu, gate, acc_slot(1, mb, BT));
+          const float gg = __shfl_sync(0xffffffffu, gate, acc_slot(2, mb, BT));
+          const float go = __shfl_sync(0xffffffffu, gate, acc_slot(3, mb, BT));
           if (lane < BT) {
             const int b = b0 + lane;
             float m = 0.0f;
@@ -263,10 +291,9 @@ __global__ void __launch_bounds__(kThreads, 2) lstm_persistent_kernel(const Para
               const int L = clamp_len(dp.lengths[b], T);
               if (s < L) {
                 float* cp = dp.c + size_t(b) * C + cj;
-                float cn = sigmoid_f(gf) * (*cp) + sigmoid_f(gi) * tanhf(gg);
-                if (prm.has_cell_clip) cn = clip_f(cn, prm.cell_clip);
+                const float cn = cell_update(gi, gf, gg, *cp, prm.has_cell_clip, prm.cell_clip);
                 *cp = cn;
-                m = sigmoid_f(go) * tanhf(cn);
+                m = cell_output(go, cn);
               }
             }
             m_s[lane * cpb + jl] = m;
@@ -324,9 +351,8 @@ __global__ void __launch_bounds__(kThreads, 2) lstm_persistent_kernel(const Para
           W* out = static_cast<W*>(dp.out);
           if (act) {
             if (prm.has_proj_clip) sum = clip_f(sum, prm.proj_clip);
-            const int pos = dp.reverse ? L - 1 - s : s;
             dp.h[b * P + p] = sum;
-            out[(b * T + pos) * P + p] = Num<W>::from_f(sum);
+            out[(b * T + step_pos(L, s, dp.reverse)) * P + p] = Num<W>::from_f(sum);
           } else {
             out[(b * T + s) * P + p] = Num<W>::from_f(0.0f);
           }

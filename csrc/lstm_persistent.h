@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace elmo_fast {
@@ -54,6 +55,34 @@ struct LstmLaunch {
 // Both throw std::runtime_error (with the CUDA error string) on any failure.
 LstmPlan lstm_plan(int dtype, int ndir, int B, int C, int P, int device, int residency);
 void lstm_launch(const LstmLaunch& args);
+
+// ---- device-free pieces (no CUDA call: usable and tested on a machine without a GPU) ----
+
+// CTAs per SM of the kernel instance <dtype, bt, on_chip> with dyn_smem dynamic shared memory
+// (0: it does not fit). lstm_plan passes cudaOccupancyMaxActiveBlocksPerMultiprocessor.
+using LstmOccupancy = std::function<int(bool on_chip, int bt, size_t dyn_smem)>;
+
+// The planner itself. sms: multiprocessors; max_dyn_smem: the largest dynamic shared memory a
+// CTA may request (opt-in limit minus the kernel's static shared memory). Throws
+// std::runtime_error when no configuration fits.
+LstmPlan lstm_plan_for(int dtype, int ndir, int B, int C, int P, int residency, int sms, size_t max_dyn_smem,
+                       const LstmOccupancy& occupancy);
+
+// Shared-memory occupancy model for the CPU tests (registers and threads are folded into
+// max_blocks_per_sm): 0 if static + dyn > opt-in, else min(max_blocks_per_sm,
+// smem_per_sm / (dyn + static + reserved)).
+int lstm_occupancy_model(size_t dyn_smem, size_t static_smem, size_t reserved_smem, size_t smem_optin,
+                         size_t smem_per_sm, int max_blocks_per_sm);
+
+size_t lstm_dyn_smem_bytes(bool on_chip, int dtype, int bt, int cpb, int P);  // = the kernel's carve-up
+int lstm_batch_tile(int B);
+int lstm_threads();
+
+// Host emulation of the kernel (fp32 only; every pointer in `a` is a HOST pointer, workspace
+// unused): the same units, batch tiles, smem layouts, lane maps, butterfly and reduction order,
+// built from the same __host__ __device__ helpers, run sequentially. For CPU tests of the
+// indexing; cpb and bt as a plan would choose them (bt in 1, 2, 4, 8).
+void lstm_emulate(const LstmLaunch& a, int cpb, int bt);
 
 std::string lstm_build_arch();   // the -gencode targets this library was compiled for
 int lstm_cudart_version();       // CUDART_VERSION at compile time

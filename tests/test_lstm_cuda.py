@@ -132,6 +132,179 @@ def test_dispatcher_skips_cuda_on_cpu():
 
 
 # ---------------------------------------------------------------------------------------------
+# Device-free pieces of the extension (CPU CI): the planner on modelled devices, and a host
+# emulation of the kernel built from the kernel's own index/arithmetic helpers
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ext(tmp_path_factory):
+    """The extension: the prebuilt one when it is current, else compiled into a temp dir."""
+    try:
+        import elmo_fast._lstm_cuda as mod
+        if hasattr(mod, "plan_model") and hasattr(mod, "emulate"):
+            return mod
+    except ImportError:
+        pass
+    src = lstm_cuda.csrc_dir()
+    if src is None or lstm_cuda._nvcc_build_module(src).find_nvcc() is None:
+        pytest.skip("no current prebuilt elmo_fast._lstm_cuda and no nvcc to build it")
+    so = lstm_cuda.build_extension(out_dir=tmp_path_factory.mktemp("lstm_ext"), archs="90")
+    spec = importlib.util.spec_from_file_location("elmo_fast._lstm_cuda", so)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# (sms, opt-in smem per CTA, smem per SM, CTAs per SM allowed by registers/threads)
+DEVICES = {
+    "H100": (132, 232448, 233472, 2),
+    "H200": (132, 232448, 233472, 2),
+    "A100": (108, 166912, 167936, 2),
+    "tiny": (4, 49152, 65536, 1),
+}
+MODEL_SHAPES = [(64, 16), (1024, 128), (2048, 256), (4096, 512), (24, 8), (40, 6), (8, 2), (3, 4),
+                (100, 30), (4096, 4096)]
+BATCHES = [1, 2, 3, 4, 5, 7, 8, 9, 63, 256, 1000, 1024]
+
+
+def model_plan(ext, dev, dtype, ndir, B, C, P, residency=-1):
+    sms, optin, per_sm, maxb = DEVICES[dev]
+    return ext.plan_model(dtype, ndir, B, C, P, sms, optin, per_sm, maxb, residency)
+
+
+@pytest.mark.parametrize("dev", sorted(DEVICES))
+def test_planner_invariants_every_shape(ext, dev):
+    """Every shape gets a plan whose CTAs are all co-resident (no grid-barrier deadlock), whose
+    shared memory is what the kernel carves up and within the limits, and whose workspace matches
+    the partials' indexing; on-chip plans have one CTA per unit."""
+    sms, optin, per_sm, maxb = DEVICES[dev]
+    for C, P in MODEL_SHAPES:
+        for dtype in (0, 1):
+            for ndir in (1, 2):
+                for B in BATCHES:
+                    for residency in (-1, 0, 1):
+                        try:
+                            p = model_plan(ext, dev, dtype, ndir, B, C, P, residency)
+                        except RuntimeError as exc:
+                            # only a forced on-chip residency, or P beyond any h tile, may refuse
+                            assert residency == 1 or 8 * P * 4 > optin, (dev, C, P, dtype, ndir, B, exc)
+                            assert "shared memory" in str(exc)
+                            continue
+                        where = (dev, C, P, dtype, ndir, B, residency, p)
+                        bt = p["batch_tile"]
+                        assert bt == ext.batch_tile(B) and bt in (1, 2, 4, 8), where
+                        assert 1 <= p["cells_per_unit"] <= C, where
+                        assert p["chunks"] == -(-C // p["cells_per_unit"]), where
+                        units = ndir * p["chunks"]
+                        occ = ext.occupancy_model(p["smem_bytes"], 16, 1024, optin, per_sm, maxb)
+                        assert p["blocks_per_sm"] == occ >= 1, where
+                        assert 1 <= p["grid"] <= occ * sms, where  # co-resident: cooperative launch
+                        assert p["grid"] >= min(units, sms), where
+                        assert p["smem_bytes"] == ext.smem_bytes(p["on_chip"], dtype, bt, p["cells_per_unit"], P)
+                        assert p["smem_bytes"] + 16 <= optin, where
+                        assert p["workspace_bytes"] == ndir * p["chunks"] * B * P * 4, where
+                        assert p["threads"] == ext.threads() == 256 and p["sms"] == sms
+                        if p["on_chip"]:
+                            assert p["grid"] >= units, where  # each CTA holds one unit's weights
+                        assert p["on_chip"] == (residency == 1) or residency == -1, where
+
+
+def test_planner_expected_choices_h100(ext):
+    """The budget table of bench/NOTES.md (LSTM, issue 4)."""
+    def plan(dtype, ndir, C, P, B=1, residency=-1):
+        return model_plan(ext, "H100", dtype, ndir, B, C, P, residency)
+    for dtype in (0, 1):  # small and medium: on chip in both precisions
+        for C, P in ((1024, 128), (2048, 256)):
+            p = plan(dtype, 1, C, P)
+            assert p["on_chip"] and p["grid"] == 132 and p["chunks"] <= 132
+    p = plan(1, 1, 4096, 512, B=8)  # original bf16: 32 cells per CTA, 128 CTAs, 177 KB at B >= 5
+    assert p["on_chip"] and p["cells_per_unit"] == 32 and p["chunks"] == 128 and p["grid"] == 132
+    assert p["smem_bytes"] == 5 * 32 * 512 * 2 + 8 * 512 * 4 + 8 * 32 * 4  # weights, h tile, m tile
+    assert not plan(0, 1, 4096, 512)["on_chip"]  # fp32 original: global/L2 path
+    assert not plan(1, 2, 4096, 512)["on_chip"]  # both directions of the original: too big on chip
+    with pytest.raises(RuntimeError, match="do not fit in shared memory"):
+        plan(0, 1, 4096, 512, residency=1)
+    assert not plan(1, 1, 1024, 128, residency=0)["on_chip"]
+    assert plan(1, 1, 4096, 512, B=1000)["workspace_bytes"] == 128 * 1000 * 512 * 4
+
+
+def test_planner_respects_static_shared_memory(ext):
+    """A candidate whose dynamic smem fits the opt-in limit only without the kernel's static smem
+    must be skipped (cudaFuncSetAttribute would refuse it), not chosen."""
+    need = ext.smem_bytes(True, 1, 8, 32, 512)
+    sms, _, _, _ = DEVICES["H100"]
+    for static in (0, 16):
+        p = ext.plan_model(1, 1, 8, 4096, 512, sms, need, need + 4096, 2, -1, static, 1024)
+        assert p["on_chip"] == (static == 0), (static, p)
+
+
+def test_planner_rejects_bad_problems(ext):
+    for args in ((2, 1, 4, 64, 16), (0, 3, 4, 64, 16), (0, 1, 0, 64, 16), (0, 1, 4, 0, 16), (0, 1, 4, 64, 7)):
+        with pytest.raises(RuntimeError):
+            model_plan(ext, "H100", *args)
+    with pytest.raises(RuntimeError, match="residency"):
+        model_plan(ext, "H100", 0, 1, 4, 64, 16, residency=5)
+
+
+def emulate(ext, dirs, reverse, clip, cpb, bt):
+    """Runs the host emulation on fp32 CPU tensors; returns per direction (out, h_T, c_T)."""
+    B, T, G = dirs[0][0].shape
+    C, P = G // 4, dirs[0][1].shape[1]
+    keep, ptr, res = [], {k: [] for k in ("x", "whh", "wpT", "len", "out", "h", "c")}, []
+    for xproj, w_hh, w_p, lengths, h0, c0 in dirs:
+        t = dict(x=xproj.contiguous(), whh=w_hh.contiguous(), wpT=w_p.t().contiguous(),
+                 len=lengths.to(torch.int32).contiguous(), out=torch.full((B, T, P), float("nan")),
+                 h=h0.clone(), c=c0.clone())
+        for k, v in t.items():
+            ptr[k].append(v.data_ptr())
+        keep.append(t)
+        res.append((t["out"], t["h"], t["c"]))
+    ext.emulate(len(dirs), B, T, C, P, ptr["x"], ptr["whh"], ptr["wpT"], ptr["len"], ptr["out"], ptr["h"],
+                ptr["c"], [int(r) for r in reverse], clip, clip, cpb, bt)
+    return res
+
+
+EMU_SHAPES = [  # B, T, C, P, lengths
+    pytest.param(3, 7, 64, 16, [7, 1, 0], id="fixture-B3"),
+    pytest.param(11, 6, 40, 6, [6, 1, 0, 3, 6, 2, 5, 4, 0, 6, 1], id="C40-P6-B11-partial-tile"),
+    pytest.param(2, 9, 24, 8, [9, 4], id="C24-P8-B2"),
+    pytest.param(1, 5, 72, 66, [5], id="P66-not-mult-of-32"),
+    pytest.param(5, 4, 130, 20, [0, 0, 0, 0, 0], id="all-empty"),
+    pytest.param(4, 3, 8, 2, [3, 3, 3, 3], id="P2-C8-full"),
+    pytest.param(9, 5, 100, 34, [5, 2, 0, 5, 1, 3, 7, -2, 4], id="B9-clamped-lengths"),
+]
+
+
+@pytest.mark.parametrize("B,T,C,P,lens", EMU_SHAPES)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "bwd"])
+def test_emulated_kernel_matches_reference(ext, B, T, C, P, lens, reverse):
+    """The kernel's decomposition (units, last partial unit, batch tiles, lane maps, butterfly,
+    reverse positions, masking, fixed-order chunk sums) at the cells per unit and batch tile the
+    planner picks, at the smallest unit, and at one unit for all of C."""
+    torch.manual_seed(B * 1000 + C)
+    x, w_hh, w_p, L, h0, c0 = make_inputs(B, T, C, P, lens)
+    ref = lstm_layer_ref(x.double(), w_hh.double(), w_p.double(), L, h0.double(), c0.double(), 3.0, 3.0, reverse)
+    plan = model_plan(ext, "H100", 0, 1, B, C, P)
+    for cpb, bt in {(plan["cells_per_unit"], plan["batch_tile"]), (min(8, C), 1), (C, 8), (3, 2)}:
+        out, h, c = emulate(ext, [(x, w_hh, w_p, L, h0, c0)], [reverse], 3.0, cpb, bt)[0]
+        for name, g, r in zip(("out", "h_T", "c_T"), (out, h, c), ref):
+            assert not torch.isnan(g).any(), f"{name}: a position was never written (cpb={cpb}, bt={bt})"
+            assert_close(g, r.float(), torch.float32, msg=f"{name} cpb={cpb} bt={bt}")
+
+
+def test_emulated_two_directions_no_clip(ext):
+    """Both directions in one launch with different lengths per direction, no clipping."""
+    torch.manual_seed(7)
+    B, T, C, P = 6, 8, 48, 10
+    f = make_inputs(B, T, C, P, [8, 0, 3, 5, 1, 7])
+    b = make_inputs(B, T, C, P, [2, 6, 0, 4, 8, 1])
+    (of, hf, cf), (ob, hb, cb) = emulate(ext, [f, b], [False, True], None, 16, 4)
+    rf = lstm_layer_ref(*[t.double() if t.is_floating_point() else t for t in f], None, None, False)
+    rb = lstm_layer_ref(*[t.double() if t.is_floating_point() else t for t in b], None, None, True)
+    for name, g, r in zip(("out_f", "h_f", "c_f", "out_b", "h_b", "c_b"), (of, hf, cf, ob, hb, cb), rf + rb):
+        assert_close(g, r.float(), torch.float32, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
 # On a GPU: kernel vs fp64 reference
 # ---------------------------------------------------------------------------------------------
 GPU_SHAPES = [
@@ -258,3 +431,18 @@ def test_deterministic():
     for x, y in zip(a, b):
         assert torch.equal(x, y)
 
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("residency", ["shared", "global"])
+def test_kernel_matches_host_emulation(ext, residency):
+    """The kernel against its host emulation at the plan's cells per unit and batch tile: the two
+    differ only by FMA contraction and libm ulps, so a larger gap is an indexing bug on the GPU."""
+    B, T, C, P = 11, 6, 40, 6
+    lens = [6, 1, 0, 3, 6, 2, 5, 4, 0, 6, 1]
+    args = make_inputs(B, T, C, P, lens, "cuda")
+    plan = ext.plan(0, 1, B, C, P, torch.cuda.current_device(), lstm_cuda._RESIDENCY[residency])
+    got = lstm_cuda.lstm_layer_cuda_with(*args, 3.0, 3.0, True, residency=residency)
+    emu = emulate(ext, [[t.cpu() for t in args]], [True], 3.0, plan["cells_per_unit"], plan["batch_tile"])[0]
+    for name, g, e in zip(("out", "h_T", "c_T"), got, emu):
+        torch.testing.assert_close(g.cpu(), e, rtol=1e-5, atol=1e-5, msg=name)

@@ -36,9 +36,8 @@ def _err(msg: str) -> None:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror and exc.filename and not str(exc).startswith(exc.strerror):
-        if str(exc).startswith("["):  # "[Errno 2] No such file or directory: 'x'"
-            return f"{exc.strerror}: {exc.filename}"
+    if isinstance(exc, OSError) and exc.strerror and exc.filename and str(exc).startswith("[Errno"):
+        return f"{exc.strerror}: {exc.filename}"  # not "[Errno 13] Permission denied: '/x'"
     msg = str(exc).strip() or type(exc).__name__
     return " ".join(msg.split("\n"))
 
@@ -148,15 +147,26 @@ def _default_device() -> str:
 
 
 def _device(args) -> str:
-    from .embedder import resolve_device
-
     if args.cuda_device is not None:
         name = "cpu" if args.cuda_device < 0 else f"cuda:{args.cuda_device}"
     else:
         name = args.device or _default_device()
+    return _check_device(name)
+
+
+def _check_device(name: str) -> str:
+    """The device, as a string; CliError for a malformed name, a missing GPU or a bad index."""
+    import torch
+
+    from .embedder import resolve_device
+
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise CliError(f"invalid device {name!r}: expected cpu, cuda or cuda:N") from None
     try:
         return str(resolve_device(device=name))
-    except RuntimeError as e:  # missing GPU, or a device string torch does not know
+    except RuntimeError as e:  # no GPU, or not that many
         raise CliError(_describe(e)) from None
 
 
@@ -324,26 +334,18 @@ def format_info(info: Dict[str, Any]) -> str:
                 continue
             why = "; ".join(b["reasons"]) if b["reasons"] else "could run, but a preferred backend was chosen"
             lines.append(f"      {b['name']}: {why}")
-    ext = info["cuda_extension"]
-    state = {True: "available", False: "unavailable"}.get(ext.get("available"), "status")
-    rest = {k: v for k, v in ext.items() if k not in ("available",)}
-    detail = rest.pop("detail", None) or rest.pop("reason", None)
-    text = detail or ", ".join(f"{k}={v}" for k, v in rest.items())
-    if detail and rest:
-        text += " (" + ", ".join(f"{k}={v}" for k, v in rest.items()) + ")"
-    lines.append(f"CUDA LSTM extension: {state}" + (f": {text}" if text else ""))
+    ext = dict(info["cuda_extension"])
+    state = {True: "available", False: "unavailable"}.get(ext.pop("available", None))
+    detail = ext.pop("detail", None) or ext.pop("reason", None)
+    extra = ", ".join(f"{k}={v}" for k, v in ext.items())
+    text = "; ".join(t for t in (state, detail, extra) if t)
+    lines.append(f"CUDA LSTM extension: {text or 'unknown'}")
     return "\n".join(lines)
 
 
 def cmd_info(args) -> int:
-    if args.device:
-        from .embedder import resolve_device
-
-        try:
-            resolve_device(device=args.device)
-        except RuntimeError as e:
-            raise CliError(_describe(e)) from None
-    info = collect_info(args.device, args.dtype, args.arch)
+    device = _check_device(args.device) if args.device else None
+    info = collect_info(device, args.dtype, args.arch)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
