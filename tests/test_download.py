@@ -207,7 +207,7 @@ def test_explicit_local_files(tmp_path):
 # --------------------------------------------------------------------------- downloads
 def test_registry_download_then_cached(registry, tmp_path):
     opts, wts = resolve_model("small", progress=False)
-    folder = tmp_path / "cache" / "small"
+    folder = tmp_path / "cache" / "models" / "small"
     spec = MODELS["small"]
     assert (opts, wts) == (str(folder / spec.options_filename), str(folder / spec.weights_filename))
     assert open(opts, "rb").read() == OPTIONS and open(wts, "rb").read() == WEIGHTS
@@ -215,7 +215,7 @@ def test_registry_download_then_cached(registry, tmp_path):
     # second call (and an alias): served from the cache, no request
     assert resolve_model("2x1024_128_2048cnn_1xhighway", progress=False) == (opts, wts)
     assert sum(registry.hits.values()) == 2
-    assert _all_files(tmp_path / "cache") == [f"small/{spec.options_filename}",
+    assert _all_files(tmp_path / "cache" / "models") == [f"small/{spec.options_filename}",
                                               f"small/{spec.weights_filename}"]
     # the cache folder is itself a valid local model directory
     assert resolve_model(str(folder)) == (opts, wts)
@@ -249,7 +249,7 @@ def test_cut_transfer_leaves_nothing(registry, tmp_path, mode):
         resolve_model("small", progress=False)
     assert spec.weights_url in str(e.value)
     # the options file completed; the weights left neither a final nor a temporary file
-    assert _all_files(tmp_path / "cache") == [f"small/{spec.options_filename}"]
+    assert _all_files(tmp_path / "cache" / "models") == [f"small/{spec.options_filename}"]
     # a retry once the server is healthy again completes the download
     registry.modes.clear()
     _, wts = resolve_model("small", progress=False)
@@ -263,7 +263,7 @@ def test_404_names_url(registry, tmp_path):
         resolve_model("small", progress=False)
     msg = str(e.value)
     assert spec.options_url in msg and "404" in msg and "--options" in msg
-    assert _all_files(tmp_path / "cache") == []
+    assert _all_files(tmp_path / "cache" / "models") == []
 
 
 def test_connection_refused_names_url(tmp_path, monkeypatch):
@@ -287,7 +287,7 @@ def test_interrupt_removes_temp_file(registry, tmp_path, monkeypatch):
     monkeypatch.setattr(dl.os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         resolve_model("small", progress=False)
-    assert _all_files(tmp_path / "cache") == []
+    assert _all_files(tmp_path / "cache" / "models") == []
 
 
 def test_explicit_urls(server, tmp_path):
@@ -342,4 +342,4 @@ def test_short_body_caught_by_own_length_check(registry, tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match="cut short"):
         resolve_model("small", progress=False)
     spec = MODELS["small"]   # the options file fits in one chunk and completes
-    assert _all_files(tmp_path / "cache") == [f"small/{spec.options_filename}"]
+    assert _all_files(tmp_path / "cache" / "models") == [f"small/{spec.options_filename}"]

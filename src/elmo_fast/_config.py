@@ -2,6 +2,13 @@
 
 ELMO_FAST_BACKEND = auto | cuda | triton | torch   forces an op backend (default: auto)
 TRITON_INTERPRET  = 1                              Triton kernels run on the CPU (tests)
+
+Read elsewhere, listed here so there is one place to look:
+ELMO_FAST_CACHE          root of the model and extension caches (default ~/.cache/elmo_fast)
+ELMO_FAST_MODEL_BASE_URL mirror for the model registry's files             (download.py)
+ELMO_FAST_BUILD_CUDA     0 = skip the CUDA extension, 1 = require it, unset = build if nvcc exists
+ELMO_FAST_CUDA_ARCH      SM architectures for the extension (default 90)   (setup.py, csrc/nvcc_build.py)
+ELMO_FAST_JIT            0 = never compile the extension on first use      (lstm_cuda.py)
 """
 from __future__ import annotations
 

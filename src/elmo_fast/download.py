@@ -12,8 +12,8 @@
 A local path works wherever a name does.
 
 Environment:
-  ELMO_FAST_CACHE            root of the model cache (default ``$XDG_CACHE_HOME/elmo_fast/models``,
-                             i.e. ``~/.cache/elmo_fast/models``); each model gets a sub-folder
+  ELMO_FAST_CACHE            root of elmo_fast's caches (default ``$XDG_CACHE_HOME/elmo_fast``, i.e.
+                             ``~/.cache/elmo_fast``); models go in ``models/<name>/`` below it
   ELMO_FAST_MODEL_BASE_URL   replaces ``https://allennlp.s3.amazonaws.com/models/elmo`` (mirrors)
 
 Downloads are streamed into a temporary file in the destination folder and renamed into place only
@@ -121,10 +121,10 @@ def canonical_name(name: str) -> Optional[str]:
 
 
 def default_cache_dir() -> str:
-    """Root of the model cache: ``$ELMO_FAST_CACHE`` or ``~/.cache/elmo_fast/models``."""
+    """Root of the model cache: ``$ELMO_FAST_CACHE/models`` or ``~/.cache/elmo_fast/models``."""
     env = os.environ.get("ELMO_FAST_CACHE")
     if env:
-        return os.path.expanduser(env)
+        return os.path.join(os.path.expanduser(env), "models")
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(xdg, "elmo_fast", "models")
 
