@@ -46,7 +46,7 @@ done
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
-PY=${PYTHON:-python3}
+PY=${PYTHON:-python3}           # PYTHON=/path/to/venv/bin/python to choose another interpreter
 command -v "$PY" >/dev/null 2>&1 || PY=python
 TOTAL_S=${TOTAL_S:-530}
 T0=$(date +%s)
@@ -85,7 +85,9 @@ stage() {
   timeout --kill-after=10 "$limit" "$@" > "$LOGS/$name.log" 2>&1
   rc=$?
   local d=$(( $(date +%s) - s )) status=ok
-  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status=timeout; elif [ $rc -ne 0 ]; then status=failed; fi
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then status=timeout
+  elif [ $rc -eq 5 ] && [ "${name#test-}" != "$name" ]; then status=no-tests   # pytest: none selected
+  elif [ $rc -ne 0 ]; then status=failed; fi
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$d" "${NOTE:-}" >> "$STAGES"
   echo "   -> $status (rc $rc, ${d}s); last lines:"
   tail -n 4 "$LOGS/$name.log" | sed 's/^/      /'

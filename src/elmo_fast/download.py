@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 from urllib.parse import unquote, urlparse
@@ -151,11 +150,12 @@ def download_file(url: str, dest: str, progress: bool = True, timeout=TIMEOUT) -
     import requests
     from tqdm.auto import tqdm
 
+    from ._atomic import atomic_path
+
     folder = os.path.dirname(os.path.abspath(dest))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(dest)}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(dest, suffix=".part") as tmp:  # dest is either absent or complete
+        with open(tmp, "wb") as f:
             try:
                 # identity: Content-Length then counts the very bytes we write
                 with requests.get(url, stream=True, timeout=timeout,
@@ -182,14 +182,6 @@ def download_file(url: str, dest: str, progress: bool = True, timeout=TIMEOUT) -
                                     f"({received} of {total} bytes). " + _manual_hint(url))
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)   # atomic: dest is either absent or complete
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     return dest
 
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import IO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from ._atomic import atomic_path
 from .chars import batch_to_ids
 from .modules import BiLm, remove_sentence_boundaries
 from .weights import load_model
@@ -246,12 +246,6 @@ def corpus_batches(lengths: Sequence[int], batch_size: int, by_length: bool) -> 
     return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def embed_corpus(embedder: "ElmoEmbedder", sentences: Sequence[str], output_file_path: Union[str, "os.PathLike[str]"],
                  output_format: str = "all", batch_size: int = 64, forget_sentences: bool = False,
                  use_sentence_keys: bool = False, progress: bool = True,
@@ -293,9 +287,7 @@ def embed_corpus(embedder: "ElmoEmbedder", sentences: Sequence[str], output_file
     tokens = [s.split() for s in sentences]
     batches = corpus_batches([len(t) for t in tokens], batch_size, by_length)
 
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=f".{os.path.basename(out)}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as fout, \
                 tqdm(total=len(sentences), unit="sent", desc="elmo", disable=not progress) as bar:
             for idx in batches:
@@ -312,11 +304,3 @@ def embed_corpus(embedder: "ElmoEmbedder", sentences: Sequence[str], output_file
                 index = {s: str(i) for i, s in enumerate(sentences)}
                 ds = fout.create_dataset("sentence_to_index", (1,), dtype=h5py.special_dtype(vlen=str))
                 ds[0] = json.dumps(index)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
