@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     print(f"allennlp 0.9 Elmo:   {res['allennlp']['tokens_per_s']:8.1f} tokens/s "
           f"(median {res['allennlp']['median_s']:.3f} s/batch)")
     print(f"ratio: {ratio:.2f}x on medians, {ratio_best:.2f}x on best calls, {ratio_cpu:.2f}x on process CPU "
-          f"time  (threads {torch.get_num_threads()}, batch {args.batch}, {ntok} tokens; load average {load})")
+          f"time  (threads {torch.get_num_threads()}, batch {args.batch}, {ntok} tokens; "
+          f"load average {load})")
     if load and load[0] > (os.cpu_count() or 1):
         print("  note: the machine is loaded by other processes; wall times are noisy (compare the best "
               "calls, or run with --threads 1)")

@@ -125,10 +125,12 @@ def make_sentences(n: int, lengths: Sequence[int], vocab: Sequence[str], seed: i
 
 
 def cache_root() -> pathlib.Path:
+    """$ELMO_FAST_BENCH_CACHE, else $ELMO_FAST_CACHE/bench, else ~/.cache/elmo_fast/bench."""
     env = os.environ.get("ELMO_FAST_BENCH_CACHE")
     if env:
         return pathlib.Path(env)
-    return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "elmo_fast" / "bench"
+    root = os.environ.get("ELMO_FAST_CACHE")
+    return (pathlib.Path(root) if root else pathlib.Path.home() / ".cache" / "elmo_fast") / "bench"
 
 
 def model_files(arch: str, seed: int = 0, cache_dir: Optional[str] = None) -> Tuple[str, str]:
@@ -216,7 +218,8 @@ def environment(device: torch.device) -> Dict[str, Any]:
         env["gpu"] = props.name
         env["gpu_sms"] = props.multi_processor_count
         env["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
-        env["driver"] = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]).split("\n")[0]
+        smi = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+        env["driver"] = smi.split("\n")[0]
     else:
         env["gpu"] = None
         env["driver"] = None
@@ -346,7 +349,8 @@ def load_allennlp():
         raise FileNotFoundError("allennlp_elmo.py not found (set ELMO_ALLENNLP_TOOL, or keep ../shared/tools "
                                 "beside the checkout)")
     if not os.environ.get("ELMO_ALLENNLP_WHEEL"):
-        for c in [tool.parent / "allennlp-0.9.0-py3-none-any.whl", REPO / ".whl" / "allennlp-0.9.0-py3-none-any.whl"]:
+        wheel = "allennlp-0.9.0-py3-none-any.whl"
+        for c in [tool.parent / wheel, REPO / ".whl" / wheel]:
             if c.is_file():
                 os.environ["ELMO_ALLENNLP_WHEEL"] = str(c)
                 break
@@ -464,7 +468,8 @@ def run(args) -> int:
     env = environment(device)
     t_start = time.perf_counter()
     print(f"elmo-fast bench: arch={arch} device={device} batch sizes={sizes} variants={variants}", flush=True)
-    print(f"  {env.get('gpu') or env['cpu']}; torch {env['torch']} (CUDA {env['cuda']}), triton {env['triton']}, "
+    print(f"  {env.get('gpu') or env['cpu']}; torch {env['torch']} (CUDA {env['cuda']}), "
+          f"triton {env['triton']}, "
           f"{env['torch_threads']} threads; commit {env['commit'][:12]}{' (dirty)' if env['dirty'] else ''}",
           flush=True)
 
@@ -632,14 +637,16 @@ def to_markdown(rec: Dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for k, v in rec["matmul_ceiling"].items():
-        lines.append(f"| {k} | {v['flops_per_s'] / 1e12:.2f} (n={v['n']}) | {rec['floor_tokens_per_s'][k]:,.0f} |")
+        lines.append(f"| {k} | {v['flops_per_s'] / 1e12:.2f} (n={v['n']}) | "
+                     f"{rec['floor_tokens_per_s'][k]:,.0f} |")
     lines += ["", "## Throughput", "",
               "| batch | variant | tokens | ms/batch | tokens/s | fraction of floor (own dtype) | timer |",
               "|---|---|---|---|---|---|---|"]
     for r in rec["throughput"]:
         frac = f"{r['fraction_of_floor'] * 100:.2f}%" if r["fraction_of_floor"] is not None else "-"
         lines.append(f"| {r['batch_size']} | {r['variant']} ({r['dtype']}) | {r['tokens']} | "
-                     f"{r['seconds'] * 1e3:.2f} | {r['tokens_per_s']:,.0f} | {frac} | {r['timing']['timer']} |")
+                     f"{r['seconds'] * 1e3:.2f} | {r['tokens_per_s']:,.0f} | {frac} | "
+                     f"{r['timing']['timer']} |")
     lines += ["", f"## Latency: one sentence of {LATENCY_TOKENS} tokens", "",
               "| variant | p50 ms | p99 ms | calls |", "|---|---|---|---|"]
     for v, lat in rec["latency"].items():
