@@ -197,6 +197,9 @@ class BiLm(nn.Module):
         B, T, P = x.shape
         lengths = mask.long().sum(1)
         h0, c0 = self._initial_state(B, x)
+        # input projections only for real positions (padding rows stay zero): a quarter to a half
+        # of the GEMM work in a length-mixed batch
+        real = mask.reshape(-1).nonzero().view(-1)
         inputs = [x, x]
         outputs, finals_h, finals_c = [], [], []
         for layer in range(o.n_layers):
@@ -205,7 +208,10 @@ class BiLm(nn.Module):
                 p = self.lstm[d][layer]
                 inp = inputs[d]
                 # input projections of all timesteps in one GEMM
-                xproj = torch.addmm(p.bias, inp.reshape(B * T, -1), p.w_ih.t()).view(B, T, -1)
+                xproj = inp.new_zeros(B * T, p.w_ih.shape[0])
+                xproj.index_copy_(0, real, torch.addmm(p.bias, inp.reshape(B * T, -1).index_select(0, real),
+                                                       p.w_ih.t()))
+                xproj = xproj.view(B, T, -1)
                 out, h, c = ops.lstm_layer(
                     xproj, p.w_hh, p.w_p, lengths,
                     h0[layer, :, d * P:(d + 1) * P].contiguous(),

@@ -15,6 +15,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from ._cpu_gemm import right_mm
+
 
 def reverse_index(lengths: torch.Tensor, T: int) -> torch.Tensor:
     """[B, T] index that reverses each row's first lengths[b] positions and leaves padding in place.
@@ -112,7 +114,7 @@ def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, revers
     c = c0.index_select(0, order_d).to(dt)                                  # [B, C], updated in place
     h_prev = h0.index_select(0, order_d).to(dt)
     cell_out = torch.empty(B, C, dtype=dt, device=dev)
-    w_hh_t, w_p_t = w_hh.t(), w_p.t()
+    recurrent, project = right_mm(w_hh), right_mm(w_p)
 
     off = 0
     for t in range(T):
@@ -120,7 +122,7 @@ def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, revers
         if n == 0:
             break
         g_n = packed_x[off : off + n]       # our own copy: the gates are computed in place
-        g_n.addmm_(h_prev[:n], w_hh_t)
+        g_n.add_(recurrent(h_prev[:n]))
         g_n[:, : 2 * C].sigmoid_()          # i, f
         g_n[:, 2 * C : 3 * C].tanh_()       # g
         g_n[:, 3 * C :].sigmoid_()          # o
@@ -131,7 +133,7 @@ def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, revers
         co = torch.tanh(c_n, out=cell_out[:n])
         co.mul_(g_n[:, 3 * C :])
         h_n = packed_h[off : off + n]
-        torch.mm(co, w_p_t, out=h_n)
+        h_n.copy_(project(co))
         if proj_clip is not None:
             h_n.clamp_(-proj_clip, proj_clip)
         h_prev = h_n                        # the next step's running rows are a prefix of these

@@ -1,0 +1,72 @@
+"""The reference LSTM's two implementations (packed no-grad loop, autograd loop) and its CPU GEMM
+agree with each other and with a plain fp64 loop written here."""
+import pytest
+import torch
+
+from elmo_fast.reference import _cpu_gemm
+from elmo_fast.reference.lstm import _lstm_autograd, _lstm_packed
+from tolerances import assert_close
+
+
+def naive(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
+    """Row by row, step by step, in fp64: the definition."""
+    B, T, G = xproj.shape
+    C = G // 4
+    out = torch.zeros(B, T, w_p.shape[0], dtype=torch.float64)
+    hT, cT = h0.double().clone(), c0.double().clone()
+    for b in range(B):
+        h, c = hT[b], cT[b]
+        n = int(lengths[b])
+        for s in range(n):
+            t = n - 1 - s if reverse else s
+            z = xproj[b, t].double() + w_hh.double() @ h
+            i, f, g, o = z[:C].sigmoid(), z[C:2 * C].sigmoid(), z[2 * C:3 * C].tanh(), z[3 * C:].sigmoid()
+            c = f * c + i * g
+            if cell_clip is not None:
+                c = c.clamp(-cell_clip, cell_clip)
+            h = w_p.double() @ (o * c.tanh())
+            if proj_clip is not None:
+                h = h.clamp(-proj_clip, proj_clip)
+            out[b, t] = h
+        hT[b], cT[b] = h, c
+    return out, hT, cT
+
+
+@pytest.mark.parametrize("B,T,C,P,lengths", [
+    pytest.param(1, 1, 8, 4, [1], id="B1-T1"),
+    pytest.param(3, 7, 24, 8, [7, 1, 0], id="B3-T7-ragged-empty"),
+    pytest.param(5, 13, 40, 6, [13, 13, 2, 9, 5], id="B5-T13-C40-P6"),
+])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "bwd"])
+@pytest.mark.parametrize("clip", [None, 0.5], ids=["noclip", "clip0.5"])
+def test_reference_lstm_paths_agree(B, T, C, P, lengths, reverse, clip):
+    x = torch.randn(B, T, 4 * C)
+    w_hh, w_p = torch.randn(4 * C, P) / P ** 0.5, torch.randn(P, C) / C ** 0.5
+    L = torch.tensor(lengths)
+    h0, c0 = torch.randn(B, P), torch.randn(B, C)
+    ref = naive(x, w_hh, w_p, L, h0, c0, clip, clip, reverse)
+    with torch.no_grad():
+        packed = _lstm_packed(x, w_hh, w_p, L, h0, c0, clip, clip, reverse)
+    plain = _lstm_autograd(x, w_hh, w_p, L, h0, c0, clip, clip, reverse)
+    for got in (packed, plain):
+        for a, b, name in zip(got, ref, ("out", "h_T", "c_T")):
+            assert_close(a, b.float(), msg=name)
+
+
+def test_cpu_gemm_matches_mm_and_repacks_on_update():
+    w = torch.randn(300, 70)
+    x = torch.randn(9, 70)
+    f = _cpu_gemm.right_mm(w)
+    assert_close(f(x), (x.double() @ w.double().t()).float())
+    w.mul_(2.0)  # in-place change: the packed copy must be refreshed
+    assert_close(_cpu_gemm.right_mm(w)(x), (x.double() @ w.double().t()).float())
+
+
+def test_cpu_gemm_falls_back_for_grad_and_other_dtypes():
+    w = torch.randn(16, 8, requires_grad=True)
+    x = torch.randn(3, 8)
+    y = _cpu_gemm.right_mm(w)(x)
+    y.sum().backward()
+    assert w.grad is not None
+    wd = torch.randn(16, 8, dtype=torch.float64)
+    assert _cpu_gemm.right_mm(wd)(x.double()).dtype == torch.float64
