@@ -28,9 +28,10 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #       -d .whl NAME==VERSION              # only for packages missing there (tqdm, matplotlib are there)
-#   cp ../shared/tools/allennlp_elmo.py ../shared/tools/allennlp-0.9.0-py3-none-any.whl .whl/
+#   cp ../shared/tools/allennlp_elmo.py .whl/
+#   python3 -m pip download --no-deps allennlp==0.9.0 -d .whl
 #     (the allennlp comparison: the tool + the allennlp 0.9.0 wheel, pure Python; not installed,
-#      the tool reads it; or `pip download --no-deps allennlp==0.9.0 -d .whl`)
+#      the tool reads it; a copy may already sit in ~/.cache/elmo_fast_tools/)
 # Then, through the device tool:  run(command="bash bench/gpu_all.sh", carry=[".whl"], timeout_s=600)
 set -u
 set -o pipefail
