@@ -36,6 +36,39 @@ void fill(uintptr_t (&dst)[2], const std::vector<uintptr_t>& src, int ndir, cons
   dst[1] = ndir > 1 ? src[1] : 0;
 }
 
+using Ptrs = std::vector<uintptr_t>;
+
+// The problem, the per-direction pointers and flags, and the clips that `launch` and `emulate` share;
+// checks ndir and that every list has one entry per direction. Launch-only fields stay zero.
+LstmLaunch make_launch(int dtype, int ndir, int B, int T, int C, int P, const Ptrs& xproj, const Ptrs& w_hh,
+                       const Ptrs& w_pT, const Ptrs& lengths, const Ptrs& out, const Ptrs& h, const Ptrs& c,
+                       const std::vector<int>& reverse, const py::object& cell_clip,
+                       const py::object& proj_clip) {
+  LstmLaunch a{};
+  a.dtype = dtype;
+  a.ndir = ndir;
+  a.B = B;
+  a.T = T;
+  a.C = C;
+  a.P = P;
+  if (ndir != 1 && ndir != 2) throw py::value_error("ndir must be 1 or 2");
+  fill(a.xproj, xproj, ndir, "xproj");
+  fill(a.w_hh, w_hh, ndir, "w_hh");
+  fill(a.w_pT, w_pT, ndir, "w_pT");
+  fill(a.lengths, lengths, ndir, "lengths");
+  fill(a.out, out, ndir, "out");
+  fill(a.h, h, ndir, "h");
+  fill(a.c, c, ndir, "c");
+  if (int(reverse.size()) != ndir) throw py::value_error("reverse: expected one flag per direction");
+  a.reverse[0] = reverse[0];
+  a.reverse[1] = ndir > 1 ? reverse[1] : 0;
+  a.has_cell_clip = !cell_clip.is_none();
+  a.cell_clip = a.has_cell_clip ? cell_clip.cast<float>() : 0.0f;
+  a.has_proj_clip = !proj_clip.is_none();
+  a.proj_clip = a.has_proj_clip ? proj_clip.cast<float>() : 0.0f;
+  return a;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_lstm_cuda, m) {
@@ -58,30 +91,10 @@ PYBIND11_MODULE(_lstm_cuda, m) {
          const std::vector<uintptr_t>& h, const std::vector<uintptr_t>& c, const std::vector<int>& reverse,
          uintptr_t workspace, size_t workspace_bytes, py::object cell_clip, py::object proj_clip,
          uintptr_t stream, int device, int residency) {
-        LstmLaunch a{};
-        a.dtype = dtype;
-        a.ndir = ndir;
-        a.B = B;
-        a.T = T;
-        a.C = C;
-        a.P = P;
-        if (ndir != 1 && ndir != 2) throw py::value_error("ndir must be 1 or 2");
-        fill(a.xproj, xproj, ndir, "xproj");
-        fill(a.w_hh, w_hh, ndir, "w_hh");
-        fill(a.w_pT, w_pT, ndir, "w_pT");
-        fill(a.lengths, lengths, ndir, "lengths");
-        fill(a.out, out, ndir, "out");
-        fill(a.h, h, ndir, "h");
-        fill(a.c, c, ndir, "c");
-        if (int(reverse.size()) != ndir) throw py::value_error("reverse: expected one flag per direction");
-        a.reverse[0] = reverse[0];
-        a.reverse[1] = ndir > 1 ? reverse[1] : 0;
+        LstmLaunch a = make_launch(dtype, ndir, B, T, C, P, xproj, w_hh, w_pT, lengths, out, h, c, reverse,
+                                   cell_clip, proj_clip);
         a.workspace = workspace;
         a.workspace_bytes = workspace_bytes;
-        a.has_cell_clip = !cell_clip.is_none();
-        a.cell_clip = a.has_cell_clip ? cell_clip.cast<float>() : 0.0f;
-        a.has_proj_clip = !proj_clip.is_none();
-        a.proj_clip = a.has_proj_clip ? proj_clip.cast<float>() : 0.0f;
         a.stream = stream;
         a.device = device;
         a.residency = residency;
@@ -124,28 +137,8 @@ PYBIND11_MODULE(_lstm_cuda, m) {
          const std::vector<uintptr_t>& lengths, const std::vector<uintptr_t>& out,
          const std::vector<uintptr_t>& h, const std::vector<uintptr_t>& c, const std::vector<int>& reverse,
          py::object cell_clip, py::object proj_clip, int cpb, int bt) {
-        LstmLaunch a{};
-        a.dtype = elmo_fast::kFloat32;
-        a.ndir = ndir;
-        a.B = B;
-        a.T = T;
-        a.C = C;
-        a.P = P;
-        if (ndir != 1 && ndir != 2) throw py::value_error("ndir must be 1 or 2");
-        fill(a.xproj, xproj, ndir, "xproj");
-        fill(a.w_hh, w_hh, ndir, "w_hh");
-        fill(a.w_pT, w_pT, ndir, "w_pT");
-        fill(a.lengths, lengths, ndir, "lengths");
-        fill(a.out, out, ndir, "out");
-        fill(a.h, h, ndir, "h");
-        fill(a.c, c, ndir, "c");
-        if (int(reverse.size()) != ndir) throw py::value_error("reverse: expected one flag per direction");
-        a.reverse[0] = reverse[0];
-        a.reverse[1] = ndir > 1 ? reverse[1] : 0;
-        a.has_cell_clip = !cell_clip.is_none();
-        a.cell_clip = a.has_cell_clip ? cell_clip.cast<float>() : 0.0f;
-        a.has_proj_clip = !proj_clip.is_none();
-        a.proj_clip = a.has_proj_clip ? proj_clip.cast<float>() : 0.0f;
+        const LstmLaunch a = make_launch(elmo_fast::kFloat32, ndir, B, T, C, P, xproj, w_hh, w_pT, lengths, out,
+                                         h, c, reverse, cell_clip, proj_clip);
         py::gil_scoped_release release;
         elmo_fast::lstm_emulate(a, cpb, bt);
       },

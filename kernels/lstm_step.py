@@ -32,6 +32,22 @@ def _tanh(x):
 
 
 @triton.jit
+def _step_rows(len_ptr, s, B, T, REVERSE: tl.constexpr, BLOCK_B: tl.constexpr):
+    """The batch rows of this program at step s: rows rb, in range (bmask), lengths clamped to [0, T] (L),
+    still running (active), and the time position each reads and writes (pos)."""
+    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    bmask = rb < B
+    L = tl.load(len_ptr + rb, mask=bmask, other=0)
+    L = tl.minimum(tl.maximum(L, 0), T)
+    active = bmask & (s < L)
+    if REVERSE:
+        pos = L - 1 - s
+    else:
+        pos = L * 0 + s
+    return rb, bmask, L, active, pos
+
+
+@triton.jit
 def _lstm_gates_kernel(
     xproj_ptr, whh_ptr, h_ptr, c_ptr, m_ptr, len_ptr,
     s, B, T, C, P,
@@ -40,17 +56,9 @@ def _lstm_gates_kernel(
     HAS_CELL_CLIP: tl.constexpr, REVERSE: tl.constexpr, LOWP: tl.constexpr, BF16_DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rb, bmask, L, active, pos = _step_rows(len_ptr, s, B, T, REVERSE, BLOCK_B)
     rc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    bmask = rb < B
     cmask = rc < C
-    L = tl.load(len_ptr + rb, mask=bmask, other=0)
-    L = tl.minimum(tl.maximum(L, 0), T)
-    active = bmask & (s < L)
-    if REVERSE:
-        pos = L - 1 - s
-    else:
-        pos = L * 0 + s
 
     acc_i = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
     acc_f = tl.zeros((BLOCK_B, BLOCK_C), dtype=tl.float32)
@@ -109,17 +117,9 @@ def _lstm_proj_kernel(
     HAS_PROJ_CLIP: tl.constexpr, REVERSE: tl.constexpr, LOWP: tl.constexpr, BF16_DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rb = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    rb, bmask, L, active, pos = _step_rows(len_ptr, s, B, T, REVERSE, BLOCK_B)
     rp = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-    bmask = rb < B
     pmask = rp < P
-    L = tl.load(len_ptr + rb, mask=bmask, other=0)
-    L = tl.minimum(tl.maximum(L, 0), T)
-    active = bmask & (s < L)
-    if REVERSE:
-        pos = L - 1 - s
-    else:
-        pos = L * 0 + s
 
     acc = tl.zeros((BLOCK_B, BLOCK_P), dtype=tl.float32)
     for k0 in range(0, C, BLOCK_K):

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from _tiny_model import one_thread, read_h5, write_tiny_model
 from elmo_fast import ElmoEmbedder, cli
 from elmo_fast.ops import OPS
-from elmo_fast.synthetic import make_options, write_model
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog .",
@@ -32,17 +32,13 @@ SENTENCES = [
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """Tiny models are dominated by OpenMP hand-offs on a busy machine; one thread is much faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    opts = make_options(char_dim=4, filters=[[1, 4], [2, 8]], n_highway=1, dim=16, projection_dim=8)
-    return write_model(str(tmp_path_factory.mktemp("tiny_elmo")), opts, seed=2)
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_elmo"), seed=2)
 
 
 @pytest.fixture
@@ -60,13 +56,6 @@ def run(capsys, *argv):
 
 def model_args(model):
     return ["--model", os.path.dirname(model[0])]
-
-
-def read_h5(path):
-    with h5py.File(path, "r") as f:
-        data = {k: f[k][()] for k in f.keys() if k != "sentence_to_index"}
-        index = json.loads(f["sentence_to_index"][0]) if "sentence_to_index" in f else None
-    return data, index
 
 
 # ------------------------------------------------------------------------------------------ embed

@@ -3,17 +3,15 @@ mode, input checks before any work, streaming and atomic output. A tiny random m
 from __future__ import annotations
 
 import io
-import json
 import os
 
 import h5py
 import numpy as np
 import pytest
-import torch
 
+from _tiny_model import one_thread, read_h5, write_tiny_model
 from elmo_fast import ElmoEmbedder
 from elmo_fast.embedder import InputError, corpus_batches, embed_corpus, read_sentences
-from elmo_fast.synthetic import make_options, write_model
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog .",
@@ -28,18 +26,13 @@ SENTENCES = [
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """Tiny models are dominated by OpenMP hand-offs on a busy machine; one thread is much faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    """options.json + weights.hdf5 of a tiny random ELMo (output width 16)."""
-    opts = make_options(char_dim=4, filters=[[1, 4], [2, 8]], n_highway=1, dim=16, projection_dim=8)
-    return write_model(str(tmp_path_factory.mktemp("tiny_elmo")), opts, seed=1)
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_elmo"), seed=1)
 
 
 def embedder(model, stateful=True):
@@ -49,13 +42,6 @@ def embedder(model, stateful=True):
 def write_lines(path, lines):
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
-
-
-def read_h5(path):
-    with h5py.File(path, "r") as f:
-        data = {k: f[k][()] for k in f.keys() if k != "sentence_to_index"}
-        index = json.loads(f["sentence_to_index"][0]) if "sentence_to_index" in f else None
-    return data, index
 
 
 # ------------------------------------------------------------------------------------ read_sentences

@@ -240,6 +240,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed_calls(fn: Callable[[], Any], device: torch.device, reps: int) -> List[float]:
+    """Wall seconds of each of `reps` calls of fn, each synchronised before and after."""
+    times = []
+    for _ in range(reps):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def time_calls(fn: Callable[[], Any], device: torch.device, budget_s: float, max_reps: int = 50,
                min_reps: int = 1) -> Dict[str, Any]:
     """Per-call seconds of fn: one warm-up call, then as many as fit in budget_s (median, min)."""
@@ -257,13 +269,7 @@ def time_calls(fn: Callable[[], Any], device: torch.device, budget_s: float, max
         except Exception:
             pass
     reps = int(max(min_reps, min(max_reps, budget_s // max(first, 1e-6))))
-    times = []
-    for _ in range(reps):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
+    times = _timed_calls(fn, device, reps)
     return {"median_s": statistics.median(times), "min_s": min(times), "reps": reps,
             "timer": "perf_counter+sync" if device.type == "cuda" else "perf_counter", "first_call_s": first}
 
@@ -271,13 +277,7 @@ def time_calls(fn: Callable[[], Any], device: torch.device, budget_s: float, max
 def latency(fn: Callable[[], Any], device: torch.device, reps: int) -> Dict[str, float]:
     """p50 / p99 wall time of single calls (each synchronised)."""
     fn()
-    times = []
-    for _ in range(reps):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
+    times = _timed_calls(fn, device, reps)
     a = np.array(times)
     return {"p50_ms": float(np.percentile(a, 50) * 1e3), "p99_ms": float(np.percentile(a, 99) * 1e3),
             "mean_ms": float(a.mean() * 1e3), "reps": reps}

@@ -1,0 +1,33 @@
+"""Helpers shared by the tests that run a tiny random ELMo end to end (test_cli, test_embed_file)."""
+from __future__ import annotations
+
+import contextlib
+import json
+
+import h5py
+import torch
+
+from elmo_fast.synthetic import make_options, write_model
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Tiny models are dominated by OpenMP hand-offs on a busy machine; one thread is much faster."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def write_tiny_model(directory, seed):
+    """options.json + weights.hdf5 of a tiny random ELMo (output width 16) written to `directory`."""
+    opts = make_options(char_dim=4, filters=[[1, 4], [2, 8]], n_highway=1, dim=16, projection_dim=8)
+    return write_model(str(directory), opts, seed=seed)
+
+
+def read_h5(path):
+    """An embed output file: ({key: array} without sentence_to_index, the index or None)."""
+    with h5py.File(path, "r") as f:
+        data = {k: f[k][()] for k in f.keys() if k != "sentence_to_index"}
+        index = json.loads(f["sentence_to_index"][0]) if "sentence_to_index" in f else None
+    return data, index
