@@ -125,7 +125,9 @@ def _pack(char_embed: torch.Tensor, conv_weights: Sequence[torch.Tensor],
     """Packed weights [W_max, E, n_total] (zero rows beyond each width), fp32 bias, fp32 pad
     constants (conv of the padding char repeated, without bias) and the filter-tile table."""
     tensors = [char_embed, *conv_weights, *conv_biases]
-    key = (block_n, use_pad_trick, tuple(_key(t) for t in tensors))
+    # inference tensors have no version counter (an in-place change is undetectable): never cached
+    cacheable = not any(t.is_inference() for t in tensors)
+    key = (block_n, use_pad_trick, tuple(_key(t) for t in tensors)) if cacheable else None
     hit = _PACK_CACHE.get(key)
     # the same tensor objects, still alive: a freed tensor's address may be reused by new weights
     if hit is not None and all(r() is t for r, t in zip(hit["refs"], tensors)):
@@ -154,6 +156,8 @@ def _pack(char_embed: torch.Tensor, conv_weights: Sequence[torch.Tensor],
     entry = dict(packed=packed, bias=bias, padc=padc, total=total,
                  tiles=torch.tensor(tiles, dtype=torch.int32, device=dev),
                  refs=[weakref.ref(t) for t in tensors])
+    if not cacheable:
+        return entry
     _PACK_CACHE.pop(key, None)
     if len(_PACK_CACHE) >= _PACK_CACHE_SIZE:
         _PACK_CACHE.pop(next(iter(_PACK_CACHE)))

@@ -180,3 +180,18 @@ def test_char_cnn_gpu_realistic(dtype, activation):
         check(char_cnn_fwd(chars, emb, ws, bs, activation), chars, emb, ws, bs, activation)
     finally:
         torch.backends.cudnn.allow_tf32 = prev
+
+
+@pytest.mark.interpreter
+def test_pack_cache_inference_tensors(device):
+    """Weights made under torch.inference_mode have no version counter: the launcher must still run,
+    and an in-place change to them (which nothing records) must not be served from the cache."""
+    from elmo_fast.kernels.char_cnn import char_cnn_fwd
+
+    chars = make_chars(6).to(device)
+    with torch.inference_mode():
+        emb, ws, bs = make_params(FIXTURE_FILTERS, 4, device=device)
+    check(char_cnn_fwd(chars, emb, ws, bs), chars, emb, ws, bs, "relu")
+    with torch.inference_mode():
+        ws[1].mul_(2.0)
+    check(char_cnn_fwd(chars, emb, ws, bs), chars, emb, ws, bs, "relu", msg="after in-place update")

@@ -214,3 +214,61 @@ def test_embedder_rejects_missing_gpu(model_files):
         pytest.skip("this machine has a GPU")
     with pytest.raises(RuntimeError, match="no CUDA device"):
         ElmoEmbedder(*model_files, cuda_device=0)
+
+
+def test_elmo_built_under_inference_mode(model_files):
+    """allennlp users often build and run the model inside torch.inference_mode / no_grad."""
+    ids = batch_to_ids(SENTENCES[:3])
+    expected = Elmo(*model_files, 1, dropout=0.0, stateful=False).eval()(ids)["elmo_representations"][0]
+    with torch.inference_mode():
+        elmo = Elmo(*model_files, 1, dropout=0.0, stateful=False).eval()
+        got = elmo(ids)["elmo_representations"][0]
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_elmo_multi_dim_inputs_keep_sentence_boundaries(model_files):
+    """[..., T, 50] inputs (and [..., T] word inputs) with keep_sentence_boundaries come back as
+    [..., T + 2, D] and mask [..., T + 2]."""
+    vocab = ["@@PADDING@@"] + sorted({w for s in SENTENCES for w in s})
+    elmo = Elmo(*model_files, 1, dropout=0.0, keep_sentence_boundaries=True, vocab_to_cache=vocab,
+                stateful=False).eval()
+    ids = batch_to_ids(SENTENCES[:3])
+    T = ids.shape[1]
+    flat = elmo(ids)
+    out4 = elmo(torch.stack([ids, ids]))
+    assert out4["elmo_representations"][0].shape == (2, 3, T + 2, 16)
+    assert out4["mask"].shape == (2, 3, T + 2)
+    torch.testing.assert_close(out4["elmo_representations"][0][1], flat["elmo_representations"][0])
+    assert torch.equal(out4["mask"][0], flat["mask"])
+    index = {w: i for i, w in enumerate(vocab)}
+    words = torch.zeros(ids.shape[:2], dtype=torch.long)
+    for i, s in enumerate(SENTENCES[:3]):
+        words[i, : len(s)] = torch.tensor([index[w] for w in s])
+    outw = elmo(torch.stack([ids, ids]), torch.stack([words, words]))
+    assert outw["elmo_representations"][0].shape == (2, 3, T + 2, 16)
+    assert outw["mask"].shape == (2, 3, T + 2)
+
+
+def test_elmo_accepts_int32_character_ids(model_files):
+    """allennlp's Elmo takes any integer ids; int32 must give the int64 result."""
+    elmo = Elmo(*model_files, 1, dropout=0.0, stateful=False).eval()
+    ids = batch_to_ids(SENTENCES[:3])
+    a, b = elmo(ids), elmo(ids.int())
+    torch.testing.assert_close(b["elmo_representations"][0], a["elmo_representations"][0])
+    assert torch.equal(a["mask"], b["mask"])
+
+
+@pytest.mark.gpu
+def test_stateful_state_follows_module_to_gpu(model_files):
+    """A stateful model run on the CPU and then moved to the GPU carries its state along, with the
+    same numbers as a model that ran on the GPU throughout."""
+    cpu_then_gpu = BiLm(*model_files, stateful=True).eval()
+    gpu = BiLm(*model_files, stateful=True).eval().cuda()
+    run(cpu_then_gpu, SENTENCES[:3])
+    run(gpu, SENTENCES[:3])
+    cpu_then_gpu.cuda()
+    with torch.inference_mode():
+        a = cpu_then_gpu(batch_to_ids(SENTENCES[1:3]).cuda())["activations"][2]
+        b = gpu(batch_to_ids(SENTENCES[1:3]).cuda())["activations"][2]
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert cpu_then_gpu._states[0].device.type == "cuda"

@@ -70,3 +70,15 @@ def test_cpu_gemm_falls_back_for_grad_and_other_dtypes():
     assert w.grad is not None
     wd = torch.randn(16, 8, dtype=torch.float64)
     assert _cpu_gemm.right_mm(wd)(x.double()).dtype == torch.float64
+
+
+def test_cpu_gemm_accepts_inference_tensors():
+    """Weights created under torch.inference_mode (e.g. a model built inside it) have no version
+    counter: the packed-weight cache must not touch it, and the product must still be right."""
+    with torch.inference_mode():
+        w = torch.randn(40, 24)
+    x = torch.randn(5, 24)
+    assert_close(_cpu_gemm.right_mm(w)(x), (x.double() @ w.double().t()).float())
+    with torch.inference_mode():
+        w.mul_(2.0)  # an in-place change that no version counter records
+    assert_close(_cpu_gemm.right_mm(w)(x), (x.double() @ w.double().t()).float())

@@ -36,7 +36,7 @@ def add_sentence_boundaries(
     out = x.new_zeros((B, T + 2) + tuple(x.shape[2:]))
     out[:, 1 : T + 1] = torch.where(mask.view(B, T, *([1] * (x.dim() - 2))), x, torch.zeros_like(x))
     out[:, 0] = bos
-    out[torch.arange(B, device=x.device), lengths + 1] = eos
+    out[torch.arange(B, device=x.device), lengths + 1] = eos.to(out.dtype)  # int32 ids
     new_mask = torch.arange(T + 2, device=mask.device).view(1, -1) < (lengths + 2).view(-1, 1)
     return out, new_mask
 
@@ -180,12 +180,13 @@ class BiLm(nn.Module):
             h = torch.cat([h, h.new_zeros(L, B - h.size(1), 2 * P)], 1)
             c = torch.cat([c, c.new_zeros(L, B - c.size(1), 2 * C)], 1)
             self._states = (h, c)
-        return h[:, :B].to(like.dtype), c[:, :B].to(like.dtype)
+        # the state is a plain attribute: it stays where it was made when the module is moved
+        return h[:, :B].to(like.device, like.dtype), c[:, :B].to(like.device, like.dtype)
 
     def _store_state(self, h: torch.Tensor, c: torch.Tensor) -> None:
         h, c = h.detach(), c.detach()
         if self._states is not None and self._states[0].size(1) > h.size(1):
-            old_h, old_c = self._states
+            old_h, old_c = (s.to(h.device) for s in self._states)
             h = torch.cat([h.to(old_h.dtype), old_h[:, h.size(1):]], 1)
             c = torch.cat([c.to(old_c.dtype), old_c[:, c.size(1):]], 1)
         self._states = (h, c)
@@ -355,12 +356,15 @@ class Elmo(nn.Module):
             representations.append(self._dropout(rep))
         if not representations:
             rep_mask = mask_bos if self._keep_sentence_boundaries else remove_sentence_boundaries(layers[0], mask_bos)[1]
+        # leading dims restored; the time dim is T, or T + 2 with keep_sentence_boundaries
         if word_inputs is not None and len(original_word_size) > 2:
-            mask = rep_mask.view(original_word_size)
-            representations = [r.view(original_word_size + (-1,)) for r in representations]
+            shape = original_word_size[:-1] + rep_mask.shape[-1:]
+            mask = rep_mask.view(shape)
+            representations = [r.view(shape + (-1,)) for r in representations]
         elif len(original_shape) > 3:
-            mask = rep_mask.view(original_shape[:-1])
-            representations = [r.view(original_shape[:-1] + (-1,)) for r in representations]
+            shape = original_shape[:-2] + rep_mask.shape[-1:]
+            mask = rep_mask.view(shape)
+            representations = [r.view(shape + (-1,)) for r in representations]
         else:
             mask = rep_mask
         return {"elmo_representations": representations, "mask": mask}
