@@ -160,7 +160,7 @@ def _pack(char_embed: torch.Tensor, conv_weights: Sequence[torch.Tensor],
         return entry
     _PACK_CACHE.pop(key, None)
     if len(_PACK_CACHE) >= _PACK_CACHE_SIZE:
-        _PACK_CACHE.pop(next(iter(_PACK_CACHE)))
+        _PACK_CACHE.pop(next(iter(_PACK_CACHE), None), None)  # another thread may evict first
     _PACK_CACHE[key] = entry
     return entry
 

@@ -272,3 +272,17 @@ def test_stateful_state_follows_module_to_gpu(model_files):
         b = gpu(batch_to_ids(SENTENCES[1:3]).cuda())["activations"][2]
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert cpu_then_gpu._states[0].device.type == "cuda"
+
+
+def test_empty_batch_and_non_contiguous_4d_input(model_files):
+    emb = ElmoEmbedder(*model_files, stateful=False)
+    assert emb.embed_batch([]) == []
+    elmo = Elmo(*model_files, 1, dropout=0.0, stateful=False).eval()
+    ids = batch_to_ids(SENTENCES[:2])
+    four_d = torch.stack([ids, ids], 1).transpose(0, 1)  # [2, 2, T, 50], not contiguous
+    assert not four_d.is_contiguous()
+    with torch.inference_mode():
+        out = elmo(four_d)["elmo_representations"][0]
+        ref = elmo(ids)["elmo_representations"][0]
+    assert out.shape == (2, 2, ids.shape[1], 16)
+    assert_close(out[0], ref)

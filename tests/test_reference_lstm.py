@@ -82,3 +82,11 @@ def test_cpu_gemm_accepts_inference_tensors():
     with torch.inference_mode():
         w.mul_(2.0)  # an in-place change that no version counter records
     assert_close(_cpu_gemm.right_mm(w)(x), (x.double() @ w.double().t()).float())
+
+
+def test_cpu_gemm_packed_for_trainable_weights_under_no_grad():
+    w = torch.randn(40, 12, requires_grad=True)
+    x = torch.randn(3, 12)
+    with torch.no_grad():
+        y = _cpu_gemm.right_mm(w)(x)
+    assert_close(y, (x.double() @ w.detach().double().t()).float())

@@ -73,6 +73,8 @@ class ElmoEmbedder:
 
     def embed_batch(self, batch: List[List[str]]) -> List[np.ndarray]:
         """Tokenised sentences -> one float32 array [3, T_i, 2P] per sentence."""
+        if not batch:
+            return []
         if batch == [[]]:
             return [self._empty()]
         embeddings, mask = self.batch_to_embeddings(batch)

@@ -334,7 +334,7 @@ class Elmo(nn.Module):
         original_shape = inputs.size()
         if len(original_shape) < 3:
             raise ValueError(f"Elmo expects character ids of shape [batch, tokens, 50], got {tuple(original_shape)}")
-        reshaped = inputs.view(-1, *original_shape[-2:]) if len(original_shape) > 3 else inputs
+        reshaped = inputs.reshape(-1, *original_shape[-2:]) if len(original_shape) > 3 else inputs
         original_word_size = None
         reshaped_words = word_inputs
         if word_inputs is not None:
@@ -343,7 +343,7 @@ class Elmo(nn.Module):
                 logger.warning("Word inputs were passed to ELMo but it does not have a cached vocab.")
                 reshaped_words = None
             elif len(original_word_size) > 2:
-                reshaped_words = word_inputs.view(-1, original_word_size[-1])
+                reshaped_words = word_inputs.reshape(-1, original_word_size[-1])
         bilm = self._elmo_lstm(reshaped, reshaped_words)
         layers, mask_bos = bilm["activations"], bilm["mask"]
         representations = []

@@ -34,7 +34,8 @@ def _packed_op_usable() -> bool:
 def right_mm(w: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """Returns f with f(x) = x @ w.t() for x [n, in], w [out, in] (the nn.Linear convention)."""
     # inference tensors have no version counter, so an in-place change could not be detected
-    if (w.device.type != "cpu" or w.dtype != torch.float32 or w.requires_grad or w.is_inference()
+    needs_grad = w.requires_grad and torch.is_grad_enabled()
+    if (w.device.type != "cpu" or w.dtype != torch.float32 or needs_grad or w.is_inference()
             or not torch.backends.mkldnn.is_available() or not _packed_op_usable()):
         wt = w.t()
         return lambda x: torch.mm(x, wt)
