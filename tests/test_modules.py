@@ -286,3 +286,12 @@ def test_empty_batch_and_non_contiguous_4d_input(model_files):
         ref = elmo(ids)["elmo_representations"][0]
     assert out.shape == (2, 2, ids.shape[1], 16)
     assert_close(out[0], ref)
+
+
+def test_bf16_model_carries_an_fp32_state(model_files):
+    bilm = BiLm(*model_files, stateful=True).eval().to(torch.bfloat16)
+    out = run(bilm, SENTENCES[:2])["activations"]
+    assert all(a.dtype == torch.bfloat16 for a in out)
+    assert bilm._states[0].dtype == torch.float32 and bilm._states[1].dtype == torch.float32
+    run(bilm, SENTENCES[:3])
+    assert bilm._states[0].shape[1] == 3

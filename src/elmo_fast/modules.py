@@ -173,15 +173,18 @@ class BiLm(nn.Module):
 
     def _initial_state(self, B: int, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         L, P, C = self.options.n_layers, self.options.proj_dim, self.options.cell_dim
+        # the state stays fp32 when the model runs in bf16/fp16 (the kernels keep c in fp32), so a
+        # stateful low-precision model is not rounded to bf16 at every batch boundary
+        dtype = torch.float32 if like.dtype in (torch.bfloat16, torch.float16) else like.dtype
         if not self.stateful or self._states is None:
-            return like.new_zeros(L, B, 2 * P), like.new_zeros(L, B, 2 * C)
+            return like.new_zeros(L, B, 2 * P, dtype=dtype), like.new_zeros(L, B, 2 * C, dtype=dtype)
         h, c = self._states
         if B > h.size(1):  # new rows start from zeros, and stay in the state from now on
             h = torch.cat([h, h.new_zeros(L, B - h.size(1), 2 * P)], 1)
             c = torch.cat([c, c.new_zeros(L, B - c.size(1), 2 * C)], 1)
             self._states = (h, c)
         # the state is a plain attribute: it stays where it was made when the module is moved
-        return h[:, :B].to(like.device, like.dtype), c[:, :B].to(like.device, like.dtype)
+        return h[:, :B].to(like.device, dtype), c[:, :B].to(like.device, dtype)
 
     def _store_state(self, h: torch.Tensor, c: torch.Tensor) -> None:
         h, c = h.detach(), c.detach()

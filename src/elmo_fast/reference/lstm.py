@@ -45,8 +45,9 @@ def lstm_layer_ref(
     lengths: [B] int     real tokens per row; positions t >= lengths[b] are padding
     h0, c0:  [B, P], [B, C]  initial state
     reverse: walk each row from its own last token back to position 0
-    returns  out [B, T, P] (zeros at padding), h_T [B, P], c_T [B, C]: the state after each row's
-             last real step (h0, c0 for rows of length 0)
+    returns  out [B, T, P] (zeros at padding, xproj's dtype), h_T [B, P], c_T [B, C]: the state after
+             each row's last real step (h0, c0 for rows of length 0), in the dtypes of h0 and c0
+             (so a bf16 model can carry an fp32 state between batches, as the kernels do)
 
     Each step: c = clip(f*c + i*g, cell_clip); h = clip(w_p (o * tanh c), proj_clip).
     """
@@ -85,7 +86,7 @@ def _lstm_autograd(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reve
     out = torch.stack(steps, 1) if steps else xproj.new_zeros(B, T, w_p.shape[0])
     if reverse:
         out = torch.gather(out, 1, idx.unsqueeze(-1).expand_as(out))
-    return out, h, c
+    return out, h.to(h0.dtype), c.to(c0.dtype)
 
 
 def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
@@ -150,4 +151,4 @@ def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, revers
         h_sorted.index_copy_(0, rows.to(dev), packed_h.index_select(0, last))
     h_T = torch.empty_like(h_sorted).index_copy_(0, order_d, h_sorted)
     c_T = torch.empty_like(c).index_copy_(0, order_d, c)
-    return out.view(B, T, P), h_T, c_T
+    return out.view(B, T, P), h_T.to(h0.dtype), c_T.to(c0.dtype)
