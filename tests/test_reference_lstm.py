@@ -56,20 +56,20 @@ def test_reference_lstm_paths_agree(B, T, C, P, lengths, reverse, clip):
 def test_cpu_gemm_matches_mm_and_repacks_on_update():
     w = torch.randn(300, 70)
     x = torch.randn(9, 70)
-    f = _cpu_gemm.right_mm(w)
+    f = _cpu_gemm.linear_fn(w)
     assert_close(f(x), (x.double() @ w.double().t()).float())
     w.mul_(2.0)  # in-place change: the packed copy must be refreshed
-    assert_close(_cpu_gemm.right_mm(w)(x), (x.double() @ w.double().t()).float())
+    assert_close(_cpu_gemm.linear_fn(w)(x), (x.double() @ w.double().t()).float())
 
 
 def test_cpu_gemm_falls_back_for_grad_and_other_dtypes():
     w = torch.randn(16, 8, requires_grad=True)
     x = torch.randn(3, 8)
-    y = _cpu_gemm.right_mm(w)(x)
+    y = _cpu_gemm.linear_fn(w)(x)
     y.sum().backward()
     assert w.grad is not None
     wd = torch.randn(16, 8, dtype=torch.float64)
-    assert _cpu_gemm.right_mm(wd)(x.double()).dtype == torch.float64
+    assert _cpu_gemm.linear_fn(wd)(x.double()).dtype == torch.float64
 
 
 def test_cpu_gemm_accepts_inference_tensors():
@@ -78,15 +78,27 @@ def test_cpu_gemm_accepts_inference_tensors():
     with torch.inference_mode():
         w = torch.randn(40, 24)
     x = torch.randn(5, 24)
-    assert_close(_cpu_gemm.right_mm(w)(x), (x.double() @ w.double().t()).float())
+    assert_close(_cpu_gemm.linear_fn(w)(x), (x.double() @ w.double().t()).float())
     with torch.inference_mode():
         w.mul_(2.0)  # an in-place change that no version counter records
-    assert_close(_cpu_gemm.right_mm(w)(x), (x.double() @ w.double().t()).float())
+    assert_close(_cpu_gemm.linear_fn(w)(x), (x.double() @ w.double().t()).float())
 
 
 def test_cpu_gemm_packed_for_trainable_weights_under_no_grad():
     w = torch.randn(40, 12, requires_grad=True)
     x = torch.randn(3, 12)
     with torch.no_grad():
-        y = _cpu_gemm.right_mm(w)(x)
+        y = _cpu_gemm.linear_fn(w)(x)
     assert_close(y, (x.double() @ w.detach().double().t()).float())
+
+
+def test_cpu_gemm_bias_and_tf_layout():
+    w_in_out = torch.randn(70, 300)  # [in, out], the highway weights' layout
+    b = torch.randn(300)
+    x = torch.randn(9, 70)
+    want = (x.double() @ w_in_out.double() + b.double()).float()
+    assert_close(_cpu_gemm.linear_fn(w_in_out, b, in_out=True)(x), want)
+    w = w_in_out.t().contiguous()  # [out, in]: the same map in nn.Linear layout
+    assert_close(_cpu_gemm.linear_fn(w, b)(x), want)
+    # the packed weight is shared by calls with and without a bias
+    assert_close(_cpu_gemm.linear_fn(w_in_out, None, in_out=True)(x), (x.double() @ w_in_out.double()).float())

@@ -14,6 +14,7 @@ from torch import nn
 from . import ops
 from .chars import BOS_CHARS, EOS_CHARS, tokens_to_char_ids
 from .dedup import unique_tokens
+from .reference._cpu_gemm import linear_fn
 from .weights import ElmoOptions, ElmoWeights, load_model
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,8 @@ class BiLm(nn.Module):
         h0, c0 = self._initial_state(B, x)
         # input projections only for real positions (padding rows stay zero): a quarter to a half
         # of the GEMM work in a length-mixed batch
-        real = mask.reshape(-1).nonzero().view(-1)
+        flat_mask = mask.reshape(-1)
+        real, pad = flat_mask.nonzero().view(-1), (~flat_mask).nonzero().view(-1)
         inputs = [x, x]
         outputs, finals_h, finals_c = [], [], []
         for layer in range(o.n_layers):
@@ -212,9 +214,9 @@ class BiLm(nn.Module):
                 p = self.lstm[d][layer]
                 inp = inputs[d]
                 # input projections of all timesteps in one GEMM
-                xproj = inp.new_zeros(B * T, p.w_ih.shape[0])
-                xproj.index_copy_(0, real, torch.addmm(p.bias, inp.reshape(B * T, -1).index_select(0, real),
-                                                       p.w_ih.t()))
+                xproj = inp.new_empty(B * T, p.w_ih.shape[0])
+                xproj.index_copy_(0, real, linear_fn(p.w_ih, p.bias)(inp.reshape(B * T, -1).index_select(0, real)))
+                xproj.index_fill_(0, pad, 0.0)  # padded steps are never run; zero rather than garbage
                 xproj = xproj.view(B, T, -1)
                 out, h, c = ops.lstm_layer(
                     xproj, p.w_hh, p.w_p, lengths,

@@ -5,6 +5,8 @@ from typing import Sequence, Tuple
 
 import torch
 
+from ._cpu_gemm import linear_fn
+
 
 def highway_ref(
     x: torch.Tensor,
@@ -22,7 +24,7 @@ def highway_ref(
     returns  [N, P]
     """
     for w_carry, b_carry, w_transform, b_transform in layers:
-        gate = torch.sigmoid(torch.addmm(b_carry, x, w_carry))
-        transform = torch.relu(torch.addmm(b_transform, x, w_transform))
+        gate = torch.sigmoid(linear_fn(w_carry, b_carry, in_out=True)(x))
+        transform = torch.relu(linear_fn(w_transform, b_transform, in_out=True)(x))
         x = gate * transform + (1 - gate) * x
-    return torch.addmm(b_proj, x, w_proj)
+    return linear_fn(w_proj, b_proj, in_out=True)(x)

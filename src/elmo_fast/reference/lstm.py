@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ._cpu_gemm import right_mm
+from ._cpu_gemm import linear_fn
 
 
 def reverse_index(lengths: torch.Tensor, T: int) -> torch.Tensor:
@@ -115,7 +115,7 @@ def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, revers
     c = c0.index_select(0, order_d).to(dt)                                  # [B, C], updated in place
     h_prev = h0.index_select(0, order_d).to(dt)
     cell_out = torch.empty(B, C, dtype=dt, device=dev)
-    recurrent, project = right_mm(w_hh), right_mm(w_p)
+    recurrent, project = linear_fn(w_hh), linear_fn(w_p)
 
     off = 0
     for t in range(T):
