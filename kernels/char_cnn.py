@@ -173,6 +173,33 @@ def _config(device: torch.device, dtype: torch.dtype) -> Dict[str, int]:
     return dict(BLOCK_T=64, BLOCK_N=128, num_warps=4)
 
 
+def _launch_config(device: torch.device, dtype: torch.dtype, L: int, E: int, activation: str = "relu",
+                   use_pad_trick: bool = True, block_t: int | None = None,
+                   block_n: int | None = None) -> Dict[str, Any]:
+    """The constexpr meta-parameters and launch options `char_cnn_fwd` passes to the kernel for
+    characters of length L and an E-wide embedding of `dtype` on `device` (use_pad_trick: whether
+    the kernel really uses the trick, i.e. the vocabulary holds the padding char)."""
+    cfg = _config(device, dtype)
+    return dict(
+        L=L, LP=triton.next_power_of_2(L), EP=max(16, triton.next_power_of_2(E)),
+        BLOCK_T=block_t or cfg["BLOCK_T"], BLOCK_N=block_n or cfg["BLOCK_N"], ACT=ACTIVATIONS[activation],
+        USE_PAD_TRICK=use_pad_trick, IEEE=dtype == torch.float32,
+        UPCAST=device.type != "cuda" and dtype != torch.float32, num_warps=cfg["num_warps"],
+    )
+
+
+def _launch_args(chars: torch.Tensor, char_embed: torch.Tensor, pack: Dict[str, Any],
+                 out: torch.Tensor) -> Tuple:
+    """The kernel's positional (runtime) arguments."""
+    packed = pack["packed"]
+    return (
+        chars, char_embed, packed, pack["bias"], pack["padc"], pack["tiles"], out,
+        chars.shape[0], char_embed.shape[1], PAD_ID,
+        chars.stride(0), chars.stride(1), char_embed.stride(0), char_embed.stride(1),
+        packed.stride(0), packed.stride(1), out.stride(0),
+    )
+
+
 def char_cnn_fwd(chars: torch.Tensor, char_embed: torch.Tensor, conv_weights: Sequence[torch.Tensor],
                  conv_biases: Sequence[torch.Tensor], activation: str = "relu", *,
                  use_pad_trick: bool = True, block_t: int | None = None,
@@ -188,26 +215,14 @@ def char_cnn_fwd(chars: torch.Tensor, char_embed: torch.Tensor, conv_weights: Se
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, not {activation!r}")
     N, L = chars.shape
     V, E = char_embed.shape
-    cfg = _config(chars.device, char_embed.dtype)
-    bt = block_t or cfg["BLOCK_T"]
-    bn = block_n or cfg["BLOCK_N"]
     trick = use_pad_trick and V > PAD_ID
-    pack = _pack(char_embed, conv_weights, conv_biases, bn, trick)
+    meta = _launch_config(chars.device, char_embed.dtype, L, E, activation, trick, block_t, block_n)
+    pack = _pack(char_embed, conv_weights, conv_biases, meta["BLOCK_N"], trick)
     out = torch.empty(N, pack["total"], device=chars.device, dtype=char_embed.dtype)
     if N == 0:
         return out
-    packed = pack["packed"]
-    grid = (triton.cdiv(N, bt), pack["tiles"].shape[0])
-    _char_cnn_fwd_kernel[grid](
-        chars, char_embed, packed, pack["bias"], pack["padc"], pack["tiles"], out,
-        N, E, PAD_ID,
-        chars.stride(0), chars.stride(1), char_embed.stride(0), char_embed.stride(1),
-        packed.stride(0), packed.stride(1), out.stride(0),
-        L=L, LP=triton.next_power_of_2(L), EP=max(16, triton.next_power_of_2(E)),
-        BLOCK_T=bt, BLOCK_N=bn, ACT=ACTIVATIONS[activation], USE_PAD_TRICK=trick,
-        IEEE=char_embed.dtype == torch.float32,
-        UPCAST=chars.device.type != "cuda" and char_embed.dtype != torch.float32, num_warps=cfg["num_warps"],
-    )
+    grid = (triton.cdiv(N, meta["BLOCK_T"]), pack["tiles"].shape[0])
+    _char_cnn_fwd_kernel[grid](*_launch_args(chars, char_embed, pack, out), **meta)
     return out
 
 

@@ -84,25 +84,29 @@ def _config(device: torch.device, dtype: torch.dtype) -> Dict[str, int]:
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
 
 
+def _launch_config(device: torch.device, dtype: torch.dtype) -> Dict[str, Any]:
+    """The constexpr meta-parameters and launch options `highway_layer_fwd` passes to the kernel."""
+    return dict(_config(device, dtype), IEEE=dtype == torch.float32,
+                UPCAST=device.type != "cuda" and dtype != torch.float32)
+
+
 def highway_layer_fwd(x: torch.Tensor, w_carry: torch.Tensor, b_carry: torch.Tensor,
                       w_transform: torch.Tensor, b_transform: torch.Tensor) -> torch.Tensor:
     """One highway layer: x [M, D] -> g * relu(x Wt + bt) + (1 - g) * x, g = sigmoid(x Wc + bc)."""
     M, D = x.shape
-    cfg = dict(_config(x.device, x.dtype))
+    meta = _launch_config(x.device, x.dtype)
     y = torch.empty(M, D, device=x.device, dtype=x.dtype)
     if M == 0:
         return y
     # the kernel indexes both weights with one set of strides
     if w_carry.stride() != w_transform.stride():
         w_carry, w_transform = w_carry.contiguous(), w_transform.contiguous()
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(D, cfg["BLOCK_N"]),)
+    grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(D, meta["BLOCK_N"]),)
     _highway_fwd_kernel[grid](
         x, w_carry, b_carry.contiguous(), w_transform, b_transform.contiguous(), y,
         M, D,
         x.stride(0), x.stride(1), w_carry.stride(0), w_carry.stride(1), y.stride(0),
-        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg["GROUP_M"],
-        IEEE=x.dtype == torch.float32, UPCAST=x.device.type != "cuda" and x.dtype != torch.float32,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        **meta,
     )
     return y
 

@@ -151,6 +151,22 @@ def _pow2(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(1, n))))
 
 
+def _launch_config(device: torch.device, dtype: torch.dtype, B: int, C: int, P: int,
+                   cell_clip: Optional[float], proj_clip: Optional[float],
+                   reverse: bool) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The constexpr meta-parameters `lstm_layer_triton` passes to the gates and projection kernels."""
+    lowp = dtype == torch.bfloat16
+    # the interpreter (triton 3.9) computes bf16 x bf16 tl.dot wrongly: there the same products
+    # go through an fp32 dot of the bf16-rounded operands (identical math)
+    bf16_dot = device.type == "cuda"
+    block_b = _pow2(B, 16, 64)
+    gates = dict(HAS_CELL_CLIP=cell_clip is not None, REVERSE=bool(reverse), LOWP=lowp, BF16_DOT=bf16_dot,
+                 BLOCK_B=block_b, BLOCK_C=_pow2(C, 16, 64), BLOCK_K=_pow2(P, 16, 64))
+    proj = dict(HAS_PROJ_CLIP=proj_clip is not None, REVERSE=bool(reverse), LOWP=lowp, BF16_DOT=bf16_dot,
+                BLOCK_B=block_b, BLOCK_P=_pow2(P, 16, 64), BLOCK_K=_pow2(C, 16, 64))
+    return gates, proj
+
+
 def lstm_layer_triton(
     xproj: torch.Tensor, w_hh: torch.Tensor, w_p: torch.Tensor, lengths: torch.Tensor,
     h0: torch.Tensor, c0: torch.Tensor,
@@ -176,30 +192,16 @@ def lstm_layer_triton(
         out[:, lmax:].zero_()
     if lmax:
         m = torch.empty(B, C, dtype=torch.float32, device=dev)
-        lowp = xproj.dtype == torch.bfloat16
-        # the interpreter (triton 3.9) computes bf16 x bf16 tl.dot wrongly: there the same products
-        # go through an fp32 dot of the bf16-rounded operands (identical math)
-        bf16_dot = dev.type == "cuda"
-        BLOCK_B = _pow2(B, 16, 64)
-        BLOCK_C = _pow2(C, 16, 64)
-        BLOCK_K = _pow2(P, 16, 64)
-        BLOCK_P = _pow2(P, 16, 64)
-        BLOCK_KC = _pow2(C, 16, 64)
-        grid_g = (triton.cdiv(B, BLOCK_B), triton.cdiv(C, BLOCK_C))
-        grid_p = (triton.cdiv(B, BLOCK_B), triton.cdiv(P, BLOCK_P))
+        gates_meta, proj_meta = _launch_config(dev, xproj.dtype, B, C, P, cell_clip, proj_clip, reverse)
+        grid_g = (triton.cdiv(B, gates_meta["BLOCK_B"]), triton.cdiv(C, gates_meta["BLOCK_C"]))
+        grid_p = (triton.cdiv(B, proj_meta["BLOCK_B"]), triton.cdiv(P, proj_meta["BLOCK_P"]))
         cc = 0.0 if cell_clip is None else float(cell_clip)
         pc = 0.0 if proj_clip is None else float(proj_clip)
         for s in range(lmax):
             _lstm_gates_kernel[grid_g](
-                xproj, w_hh, h, c, m, lens, s, B, T, C, P, xproj.stride(0), xproj.stride(1), cc,
-                HAS_CELL_CLIP=cell_clip is not None, REVERSE=bool(reverse), LOWP=lowp, BF16_DOT=bf16_dot,
-                BLOCK_B=BLOCK_B, BLOCK_C=BLOCK_C, BLOCK_K=BLOCK_K,
+                xproj, w_hh, h, c, m, lens, s, B, T, C, P, xproj.stride(0), xproj.stride(1), cc, **gates_meta,
             )
-            _lstm_proj_kernel[grid_p](
-                m, w_p, h, out, lens, s, B, T, C, P, pc,
-                HAS_PROJ_CLIP=proj_clip is not None, REVERSE=bool(reverse), LOWP=lowp, BF16_DOT=bf16_dot,
-                BLOCK_B=BLOCK_B, BLOCK_P=BLOCK_P, BLOCK_K=BLOCK_KC,
-            )
+            _lstm_proj_kernel[grid_p](m, w_p, h, out, lens, s, B, T, C, P, pc, **proj_meta)
     return out, h.to(h0.dtype), c.to(c0.dtype)
 
 

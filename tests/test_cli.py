@@ -101,6 +101,20 @@ def test_embed_stateless_equals_each_sentence_alone(capsys, tiny_model, corpus, 
             np.testing.assert_allclose(data[str(i)], alone, rtol=0, atol=2e-6)
 
 
+def test_embed_stateless_warm_start(capsys, tiny_model, corpus, tmp_path):
+    out = tmp_path / "warm.hdf5"
+    rc, _, err = run(capsys, "embed", corpus, out, "--top", "--options", tiny_model[0], "--weights",
+                     tiny_model[1], "--stateless", "--warm-start", "--batch-size", 3, "--no-progress")
+    assert rc == 0, err
+    data = read_h5(out)[0]
+    warm = ElmoEmbedder(*tiny_model, stateful=False, warm_start=True, progress=False)
+    cold = ElmoEmbedder(*tiny_model, stateful=False, progress=False)
+    for i, s in enumerate(SENTENCES):
+        alone = warm.embed_sentence(s.split())[-1]
+        np.testing.assert_allclose(data[str(i)], alone, rtol=0, atol=2e-6)
+        assert np.abs(cold.embed_sentence(s.split())[-1] - alone).max() > 1e-4
+
+
 def test_embed_flags_and_stdin(capsys, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": io.BytesIO(b"a b\nc/d e\n")})())
     out = tmp_path / "out.hdf5"

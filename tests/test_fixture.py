@@ -67,3 +67,27 @@ def test_char_encoder_matches_tensorflow(fixture_bilm, fixtures_dir):
         exp = f["embedding"][...]
     assert emb.shape == exp.shape
     assert float(np.abs(emb - exp).max()) < 1e-5
+
+
+def test_warm_start_is_closer_to_stateful_tensorflow_than_zero_start(fixtures_dir):
+    """The fixture was produced statefully. Stateless runs from the warmed-up state land far closer
+    to it than runs from zeros (measured: 2.6% vs 25% relative RMS on batches 1-9)."""
+    sentences = json.loads((fixtures_dir / "sentences.json").read_text())
+    expected = [h5py.File(fixtures_dir / f"lm_embeddings_{k}.hdf5", "r") for k in range(3)]
+    errs = {}
+    for warm in (False, True):
+        bilm = BiLm(str(fixtures_dir / "options.json"), str(fixtures_dir / "lm_weights.hdf5"),
+                    stateful=False, warm_start=warm).eval()
+        diff2 = ref2 = 0.0
+        with torch.inference_mode():
+            for i in range(1, len(sentences[0])):
+                batch = [sentences[k][i].split() for k in range(3)]
+                out = bilm(batch_to_ids(batch))
+                top, mask = remove_sentence_boundaries(out["activations"][2], out["mask"])
+                for k in range(3):
+                    exp = np.concatenate([expected[k][str(i)][0], expected[k][str(i)][1]], axis=-1)
+                    got = top[k, : len(batch[k])].numpy()
+                    diff2 += float(((got - exp) ** 2).sum())
+                    ref2 += float((exp ** 2).sum())
+        errs[warm] = (diff2 / ref2) ** 0.5
+    assert errs[True] < 0.25 * errs[False], errs

@@ -295,3 +295,38 @@ def test_bf16_model_carries_an_fp32_state(model_files):
     assert bilm._states[0].dtype == torch.float32 and bilm._states[1].dtype == torch.float32
     run(bilm, SENTENCES[:3])
     assert bilm._states[0].shape[1] == 3
+
+
+def test_warm_start_is_deterministic_and_independent_of_batching(model_files):
+    warm = BiLm(*model_files, stateful=False, warm_start=True).eval()
+    cold = BiLm(*model_files, stateful=False).eval()
+    together = run(warm, SENTENCES)["activations"][2]
+    for i, s in enumerate(SENTENCES[:3]):
+        n = len(s) + 2
+        alone = run(warm, [s])["activations"][2]
+        assert_close(together[i, :n], alone[0, :n])
+        assert (run(cold, [s])["activations"][2][0, :n] - alone[0, :n]).abs().max() > 1e-4
+    # a second instance computes the same warm state
+    again = BiLm(*model_files, stateful=False, warm_start=True).eval()
+    assert torch.equal(run(again, SENTENCES)["activations"][2], together)
+
+
+def test_warm_start_is_where_stateful_rows_begin(model_files):
+    warm_stateless = BiLm(*model_files, stateful=False, warm_start=True).eval()
+    warm_stateful = BiLm(*model_files, stateful=True, warm_start=True).eval()
+    first = run(warm_stateful, SENTENCES[:2])["activations"][2]
+    assert_close(first, run(warm_stateless, SENTENCES[:2])["activations"][2])
+    # a row seen for the first time in a later, larger batch also starts from the warm state
+    grown = run(warm_stateful, SENTENCES[:4])["activations"][2]
+    n = len(SENTENCES[3]) + 2
+    assert_close(grown[3, :n], run(warm_stateless, [SENTENCES[3]])["activations"][2][0, :n])
+
+
+def test_warm_state_equals_reading_the_warmup_text(model_files):
+    from elmo_fast.modules import WARMUP_TOKENS
+
+    warm = BiLm(*model_files, stateful=False, warm_start=True).eval()
+    reader = BiLm(*model_files, stateful=True).eval()
+    run(reader, [WARMUP_TOKENS])  # from zeros, one row
+    after = run(reader, [SENTENCES[0]])["activations"][2]
+    assert_close(run(warm, [SENTENCES[0]])["activations"][2], after)

@@ -78,6 +78,9 @@ def _add_embed(sub) -> None:
     r.add_argument("--stateless", action="store_true",
                    help="start every sentence from a zero state (deterministic: independent of batching "
                         "and order; batches grouped by length); default: allennlp's stateful mode")
+    r.add_argument("--warm-start", action="store_true",
+                   help="start sentences from a fixed state reached by reading a built-in warm-up text, "
+                        "instead of zeros (with --stateless: deterministic and closer to stateful output)")
     r.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                    help="compute dtype (bf16: fp32 accumulation; output is float32 either way)")
     o = p.add_argument_group("output")
@@ -192,7 +195,8 @@ def cmd_embed(args) -> int:
         model = "original"
     progress = not args.no_progress
     start = time.perf_counter()
-    embedder = ElmoEmbedder(options, weights, model=model, stateful=not args.stateless, device=device,
+    embedder = ElmoEmbedder(options, weights, model=model, stateful=not args.stateless,
+                            warm_start=args.warm_start, device=device,
                             dtype=getattr(torch, DTYPES[args.dtype]), progress=progress)
     embed_corpus(embedder, sentences, args.output_file, output_format=args.output_format,
                  batch_size=args.batch_size, forget_sentences=args.forget_sentences,
@@ -201,7 +205,8 @@ def cmd_embed(args) -> int:
         tokens = sum(len(s.split()) for s in sentences)
         secs = time.perf_counter() - start
         print(f"{PROG}: wrote {len(sentences)} sentences ({tokens} tokens, {args.output_format}, "
-              f"{'stateless' if args.stateless else 'stateful'}, {device}, {args.dtype}) to "
+              f"{'stateless' if args.stateless else 'stateful'}{', warm start' if args.warm_start else ''}, "
+              f"{device}, {args.dtype}) to "
               f"{args.output_file} in {secs:.1f} s", file=sys.stderr)
     return 0
 

@@ -35,12 +35,14 @@ class ElmoEmbedder:
     'original', 'original-5.5B'); both None means the original model, as in allennlp.
     stateful=True reproduces allennlp (each batch row continues from the previous batch's state);
     stateful=False makes every sentence's output independent of its batch and of what came before.
+    warm_start=True starts sentences from a fixed warmed-up state instead of zeros (see BiLm).
     dtype=torch.bfloat16 runs the fast path in bf16 (fp32 accumulation) on a GPU.
     """
 
     def __init__(self, options_file: Optional[str] = None, weight_file: Optional[str] = None,
                  cuda_device: int = -1, *, model: Optional[str] = None, stateful: bool = True,
-                 device: Optional[str] = None, dtype: torch.dtype = torch.float32, progress: bool = True):
+                 warm_start: bool = False, device: Optional[str] = None, dtype: torch.dtype = torch.float32,
+                 progress: bool = True):
         from .download import resolve_model
 
         if model is None and options_file is None and weight_file is None:
@@ -50,7 +52,8 @@ class ElmoEmbedder:
         self.device = resolve_device(cuda_device, device)
         self.cuda_device = self.device.index if self.device.type == "cuda" else -1
         self.dtype = dtype
-        self.elmo_bilm = BiLm(weights=load_model(options_path, weights_path), stateful=stateful)
+        self.elmo_bilm = BiLm(weights=load_model(options_path, weights_path), stateful=stateful,
+                              warm_start=warm_start)
         self.elmo_bilm.eval().to(device=self.device, dtype=dtype)
 
     @property

@@ -12,12 +12,20 @@ import torch
 from torch import nn
 
 from . import ops
-from .chars import BOS_CHARS, EOS_CHARS, tokens_to_char_ids
+from .chars import BOS_CHARS, EOS_CHARS, batch_to_ids, tokens_to_char_ids
 from .dedup import unique_tokens
 from .reference._cpu_gemm import linear_fn
 from .weights import ElmoOptions, ElmoWeights, load_model
 
 logger = logging.getLogger(__name__)
+
+# Read once from a zero state by BiLm(warm_start=True); the state it ends in is where every
+# sentence then starts. Plain newswire-like text, fixed forever: changing it changes outputs.
+WARMUP_TOKENS: List[str] = (
+    "The committee met on Tuesday to discuss next year 's budget . "
+    "Officials said the results were better than expected , but that more work was needed . "
+    "In 2009 , the company opened new offices in three cities and hired 200 people ."
+).split()
 
 
 def _param(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
@@ -111,7 +119,13 @@ class BiLm(nn.Module):
 
     stateful=True (allennlp's behaviour): row b of each batch starts from the final state row b had
     in the previous batch; `reset_states()` forgets it. stateful=False: every sentence starts from
-    zeros, so its output depends on nothing else in the batch or before it.
+    the same fixed state, so its output depends on nothing else in the batch or before it.
+
+    warm_start=False: that fixed state (and the state of rows seen for the first time) is zeros, as
+    in allennlp. warm_start=True: it is the state the model reaches after reading WARMUP_SENTENCES
+    from zeros, once, computed on first use. ELMo's LSTMs were trained on continuous text, never from
+    a zero state, so a warmed-up start gives the first tokens of a sentence vectors closer to those a
+    stateful run gives, while staying deterministic.
     """
 
     def __init__(
@@ -122,6 +136,7 @@ class BiLm(nn.Module):
         vocab_to_cache: Optional[List[str]] = None,
         stateful: bool = True,
         *,
+        warm_start: bool = False,
         weights: Optional[ElmoWeights] = None,
     ):
         super().__init__()
@@ -131,6 +146,8 @@ class BiLm(nn.Module):
             weights = load_model(*resolve_model(options_file=options_file, weight_file=weight_file))
         self.options: ElmoOptions = weights.options
         self.stateful = stateful
+        self.warm_start = warm_start
+        self._warm: Optional[Tuple[torch.Tensor, torch.Tensor]] = None  # [L, 1, 2P], [L, 1, 2C]
         self._requires_grad = requires_grad
         self._token_embedder = CharEncoder(weights, requires_grad)
         self.lstm = nn.ModuleList(
@@ -177,12 +194,14 @@ class BiLm(nn.Module):
         # the state stays fp32 when the model runs in bf16/fp16 (the kernels keep c in fp32), so a
         # stateful low-precision model is not rounded to bf16 at every batch boundary
         dtype = torch.float32 if like.dtype in (torch.bfloat16, torch.float16) else like.dtype
+        h_start, c_start = self._start_state(like.device, dtype)
         if not self.stateful or self._states is None:
-            return like.new_zeros(L, B, 2 * P, dtype=dtype), like.new_zeros(L, B, 2 * C, dtype=dtype)
+            return h_start.expand(L, B, 2 * P), c_start.expand(L, B, 2 * C)
         h, c = self._states
-        if B > h.size(1):  # new rows start from zeros, and stay in the state from now on
-            h = torch.cat([h, h.new_zeros(L, B - h.size(1), 2 * P)], 1)
-            c = torch.cat([c, c.new_zeros(L, B - c.size(1), 2 * C)], 1)
+        if B > h.size(1):  # new rows start from the start state, and stay in the state from now on
+            n = B - h.size(1)
+            h = torch.cat([h, h_start.to(h.device, h.dtype).expand(L, n, 2 * P)], 1)
+            c = torch.cat([c, c_start.to(c.device, c.dtype).expand(L, n, 2 * C)], 1)
             self._states = (h, c)
         # the state is a plain attribute: it stays where it was made when the module is moved
         return h[:, :B].to(like.device, dtype), c[:, :B].to(like.device, dtype)
@@ -195,13 +214,40 @@ class BiLm(nn.Module):
             c = torch.cat([c.to(old_c.dtype), old_c[:, c.size(1):]], 1)
         self._states = (h, c)
 
+    def _start_state(self, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The state a sentence without a carried state starts from: [L, 1, 2P], [L, 1, 2C]."""
+        L, P, C = self.options.n_layers, self.options.proj_dim, self.options.cell_dim
+        if not self.warm_start:
+            return (torch.zeros(L, 1, 2 * P, device=device, dtype=dtype),
+                    torch.zeros(L, 1, 2 * C, device=device, dtype=dtype))
+        if self._warm is None or self._warm[0].device != device:
+            ids = batch_to_ids([WARMUP_TOKENS]).to(device)
+            h = torch.zeros(L, 1, 2 * P, device=device, dtype=dtype)
+            c = torch.zeros(L, 1, 2 * C, device=device, dtype=dtype)
+            with torch.no_grad():
+                enc = self._token_embedder(ids)
+                x = enc["token_embedding"]
+                _, h, c = self._lstm_stack(x, enc["mask"].bool(), h.to(x.dtype), c.to(x.dtype))
+            self._warm = (h.detach().float(), c.detach().float())
+        return self._warm[0].to(dtype), self._warm[1].to(dtype)
+
     # ---- forward
     def run_lstm(self, x: torch.Tensor, mask: torch.Tensor) -> List[torch.Tensor]:
-        """x [B, T, P] token embeddings, mask [B, T] -> n_layers tensors [B, T, 2P] (fwd ; bwd)."""
+        """x [B, T, P] token embeddings, mask [B, T] -> n_layers tensors [B, T, 2P] (fwd ; bwd),
+        starting from (and, when stateful, updating) the carried state."""
+        h0, c0 = self._initial_state(x.shape[0], x)
+        outputs, h, c = self._lstm_stack(x, mask, h0, c0)
+        if self.stateful:
+            self._store_state(h, c)
+        return outputs
+
+    def _lstm_stack(self, x: torch.Tensor, mask: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor
+                    ) -> Tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Both directions of every layer from the given state h0 [L, B, 2P], c0 [L, B, 2C] ->
+        (n_layers outputs [B, T, 2P], final h [L, B, 2P], final c [L, B, 2C])."""
         o = self.options
         B, T, P = x.shape
         lengths = mask.long().sum(1)
-        h0, c0 = self._initial_state(B, x)
         # input projections only for real positions (padding rows stay zero): a quarter to a half
         # of the GEMM work in a length-mixed batch
         flat_mask = mask.reshape(-1)
@@ -233,9 +279,7 @@ class BiLm(nn.Module):
             outputs.append(torch.cat(outs, -1))
             finals_h.append(torch.cat(hs, -1))
             finals_c.append(torch.cat(cs, -1))
-        if self.stateful:
-            self._store_state(torch.stack(finals_h), torch.stack(finals_c))
-        return outputs
+        return outputs, torch.stack(finals_h), torch.stack(finals_c)
 
     def forward(self, inputs: torch.Tensor, word_inputs: Optional[torch.Tensor] = None) -> Dict[str, object]:
         """inputs [B, T, 50] character ids (word_inputs [B, T] ids into the cached vocabulary) ->
@@ -292,7 +336,8 @@ class Elmo(nn.Module):
     forward(inputs [B, T, 50] (or [..., T, 50]), word_inputs=None) ->
         {'elmo_representations': num_output_representations tensors [B, T, 2P], 'mask': [B, T] long}
     `stateful` (default True, as allennlp) carries each row's LSTM state to the next batch; pass
-    False for outputs that depend on nothing but the sentence itself.
+    False for outputs that depend on nothing but the sentence itself. `warm_start=True` starts
+    sentences from a fixed warmed-up state instead of zeros (see BiLm).
     """
 
     def __init__(
@@ -308,6 +353,7 @@ class Elmo(nn.Module):
         scalar_mix_parameters: Optional[List[float]] = None,
         module: Optional[nn.Module] = None,
         stateful: bool = True,
+        warm_start: bool = False,
     ):
         super().__init__()
         if module is not None:
@@ -316,7 +362,7 @@ class Elmo(nn.Module):
             self._elmo_lstm = module
         else:
             self._elmo_lstm = BiLm(options_file, weight_file, requires_grad=requires_grad,
-                                   vocab_to_cache=vocab_to_cache, stateful=stateful)
+                                   vocab_to_cache=vocab_to_cache, stateful=stateful, warm_start=warm_start)
         self._has_cached_vocab = vocab_to_cache is not None
         self._keep_sentence_boundaries = keep_sentence_boundaries
         self._dropout = nn.Dropout(p=dropout)
