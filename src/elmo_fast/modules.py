@@ -123,7 +123,7 @@ class BiLm(nn.Module):
 
     warm_start=False: that fixed state (and the state of rows seen for the first time) is zeros, as
     in allennlp. warm_start=True: it is the state the model reaches after reading WARMUP_SENTENCES
-    from zeros, once, computed on first use. ELMo's LSTMs were trained on continuous text, never from
+    from zeros, once, computed on first use from the weights as they are then. ELMo's LSTMs were trained on continuous text, never from
     a zero state, so a warmed-up start gives the first tokens of a sentence vectors closer to those a
     stateful run gives, while staying deterministic.
     """
