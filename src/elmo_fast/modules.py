@@ -122,10 +122,10 @@ class BiLm(nn.Module):
     the same fixed state, so its output depends on nothing else in the batch or before it.
 
     warm_start=False: that fixed state (and the state of rows seen for the first time) is zeros, as
-    in allennlp. warm_start=True: it is the state the model reaches after reading WARMUP_SENTENCES
-    from zeros, once, computed on first use from the weights as they are then. ELMo's LSTMs were trained on continuous text, never from
-    a zero state, so a warmed-up start gives the first tokens of a sentence vectors closer to those a
-    stateful run gives, while staying deterministic.
+    in allennlp. warm_start=True: it is the state the model reaches after reading WARMUP_TOKENS from
+    zeros, computed once, on first use, from the weights as they are then. ELMo's LSTMs were trained
+    on running text, never from a zero state, so a warmed-up start gives a sentence's first tokens
+    vectors much closer to a stateful run's, while staying deterministic.
     """
 
     def __init__(
