@@ -47,7 +47,7 @@ def _step_rows(len_ptr, s, B, T, REVERSE: tl.constexpr, BLOCK_B: tl.constexpr):
     return rb, bmask, L, active, pos
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["s"])  # one compile for every step index
 def _lstm_gates_kernel(
     xproj_ptr, whh_ptr, h_ptr, c_ptr, m_ptr, len_ptr,
     s, B, T, C, P,
@@ -109,7 +109,7 @@ def _lstm_gates_kernel(
     tl.store(m_ptr + rb[:, None] * C + rc[None, :], m, mask=amask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["s"])
 def _lstm_proj_kernel(
     m_ptr, wp_ptr, h_ptr, out_ptr, len_ptr,
     s, B, T, C, P,
@@ -160,8 +160,12 @@ def _launch_config(device: torch.device, dtype: torch.dtype, B: int, C: int, P: 
     # go through an fp32 dot of the bf16-rounded operands (identical math)
     bf16_dot = device.type == "cuda"
     block_b = _pow2(B, 16, 64)
+    block_c, block_k = _pow2(C, 16, 64), _pow2(P, 16, 64)
     gates = dict(HAS_CELL_CLIP=cell_clip is not None, REVERSE=bool(reverse), LOWP=lowp, BF16_DOT=bf16_dot,
-                 BLOCK_B=block_b, BLOCK_C=_pow2(C, 16, 64), BLOCK_K=_pow2(P, 16, 64))
+                 BLOCK_B=block_b, BLOCK_C=block_c, BLOCK_K=block_k,
+                 # four [64, 64] fp32 accumulators: with 4 warps ptxas spills ~37 KB per thread (fp32)
+                 # for sm_90 (tests/test_triton_compile.py); 8 warps hold them in registers
+                 num_warps=8 if block_b * block_c >= 64 * 64 else 4)
     proj = dict(HAS_PROJ_CLIP=proj_clip is not None, REVERSE=bool(reverse), LOWP=lowp, BF16_DOT=bf16_dot,
                 BLOCK_B=block_b, BLOCK_P=_pow2(P, 16, 64), BLOCK_K=_pow2(C, 16, 64))
     return gates, proj

@@ -54,11 +54,6 @@ CASES["char_cnn-bfloat16-nopadtrick"] = dict(kernel="char_cnn", dtype="bfloat16"
 # failures of the spill check until the launch configuration is retuned on a GPU (any other
 # configuration that starts spilling fails the test).
 KNOWN_SPILLS = {
-    # 4 fp32 64x64 accumulators + FMA (ieee) dots with num_warps=4: ptxas falls back to 32 registers
-    # and ~37 KB of spill stores per thread; num_warps=8 (numerically identical) gives 254 and none
-    "lstm_gates-float32-elmo": "32 registers, 37464 B spill stores",
-    # 255 registers and small spills; num_warps=8 removes them for bf16 (not for fp32)
-    "lstm_gates-bfloat16-elmo": "255 registers, 76 B spill stores",
     "char_cnn-float32-relu": "255 registers, 8 B spill stores",
     "char_cnn-bfloat16-relu": "255 registers, 252 B spill stores",
     "char_cnn-bfloat16-tanh": "255 registers, 272 B spill stores",
