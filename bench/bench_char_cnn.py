@@ -18,9 +18,7 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import random
-import subprocess
 import sys
 import time
 
@@ -136,21 +134,6 @@ def timer(fn, cuda: bool):
     return ts[2], ts[1], ts[3]
 
 
-def environment() -> dict:
-    import torch
-    import triton
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    return dict(device=name,
-                torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-                commit=commit, cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU: tiny N, reference + Triton interpreter")
@@ -173,8 +156,11 @@ def main(argv=None) -> int:
     sizes = args.sizes or ([64, 256] if args.dry_run else [4096, 16384, 65536, 262144])
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     sents, source = corpus_words(args.seed)
-    env = environment()
-    print(f"# char CNN, standard filters (2048, E=16) | {env['device']} | torch {env['torch']} triton "
+    from elmo_fast.bench import environment
+
+    env = environment(torch.device(dev))
+    env["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+    print(f"# char CNN, standard filters (2048, E=16) | {env['gpu'] or env['cpu']} | torch {env['torch']} triton "
           f"{env['triton']} | tokens: {source}")
     records = dict(env=env, token_source=source, runs=[], dedup=[], trick=None)
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -140,19 +138,12 @@ def run(args) -> dict:
 
 
 def meta(device: str, ceiling: float) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    m = dict(device=device, gpu=torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
-             torch=torch.__version__, python=platform.python_version(), commit=commit,
-             bf16_ceiling_tflops=ceiling, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    try:
-        import triton
+    """The shared record of machine, versions and commit, plus this benchmark's ceiling and the
+    extension's status."""
+    from elmo_fast.bench import environment
 
-        m["triton"] = triton.__version__
-    except ImportError:
-        pass
+    m = environment(torch.device(device))
+    m["bf16_ceiling_tflops"] = ceiling
     try:
         from elmo_fast.lstm_cuda import extension_status
 
