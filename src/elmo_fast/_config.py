@@ -4,7 +4,8 @@ ELMO_FAST_BACKEND = auto | cuda | triton | torch   forces an op backend (default
 TRITON_INTERPRET  = 1                              Triton kernels run on the CPU (tests)
 
 Read elsewhere, listed here so there is one place to look:
-ELMO_FAST_CACHE          root of the model and extension caches (default ~/.cache/elmo_fast)
+ELMO_FAST_CACHE          root of the caches: models/, ext/, bench/ (default $XDG_CACHE_HOME/elmo_fast,
+                         i.e. ~/.cache/elmo_fast)
 ELMO_FAST_MODEL_BASE_URL mirror for the model registry's files             (download.py)
 ELMO_FAST_BUILD_CUDA     0 = skip the CUDA extension, 1 = require it, unset = build if nvcc exists
 ELMO_FAST_CUDA_ARCH      SM architectures for the extension (default 90)   (setup.py, csrc/nvcc_build.py)
@@ -25,6 +26,16 @@ def backend_override() -> str:
             f"ELMO_FAST_BACKEND={value!r} is not one of {', '.join(BACKENDS)}"
         )
     return value
+
+
+def cache_root(sub: str) -> str:
+    """A folder under elmo_fast's cache root: $ELMO_FAST_CACHE/sub, else
+    ${XDG_CACHE_HOME:-~/.cache}/elmo_fast/sub (models, ext, bench)."""
+    root = os.environ.get("ELMO_FAST_CACHE")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+        root = os.path.join(xdg, "elmo_fast")
+    return os.path.join(os.path.expanduser(root), sub)
 
 
 def triton_interpret() -> bool:

@@ -48,6 +48,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from . import _config
+
 REPO = pathlib.Path(__file__).resolve().parents[2]  # src/elmo_fast/bench.py -> checkout root
 
 # Sentence lengths (whitespace tokens) of the shared fixture's 30 sentences, used when the fixture
@@ -127,10 +129,7 @@ def make_sentences(n: int, lengths: Sequence[int], vocab: Sequence[str], seed: i
 def cache_root() -> pathlib.Path:
     """$ELMO_FAST_BENCH_CACHE, else $ELMO_FAST_CACHE/bench, else ~/.cache/elmo_fast/bench."""
     env = os.environ.get("ELMO_FAST_BENCH_CACHE")
-    if env:
-        return pathlib.Path(env)
-    root = os.environ.get("ELMO_FAST_CACHE")
-    return (pathlib.Path(root) if root else pathlib.Path.home() / ".cache" / "elmo_fast") / "bench"
+    return pathlib.Path(env) if env else pathlib.Path(_config.cache_root("bench"))
 
 
 def model_files(arch: str, seed: int = 0, cache_dir: Optional[str] = None) -> Tuple[str, str]:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 from urllib.parse import unquote, urlparse
 
+from ._config import cache_root
+
 __all__ = [
     "DEFAULT_BASE_URL",
     "MODELS",
@@ -121,11 +123,7 @@ def canonical_name(name: str) -> Optional[str]:
 
 def default_cache_dir() -> str:
     """Root of the model cache: ``$ELMO_FAST_CACHE/models`` or ``~/.cache/elmo_fast/models``."""
-    env = os.environ.get("ELMO_FAST_CACHE")
-    if env:
-        return os.path.join(os.path.expanduser(env), "models")
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "elmo_fast", "models")
+    return cache_root("models")
 
 
 def _is_url(s: str) -> bool:

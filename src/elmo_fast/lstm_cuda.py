@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._config import cache_root
 from .ops._dispatch import device_reasons
 
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
@@ -61,8 +62,7 @@ def _nvcc_build_module(src: Path):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("ELMO_FAST_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "elmo_fast") / "ext"
+    return Path(cache_root("ext"))
 
 
 def _jit_key(src: Path, archs: List[str]) -> str:
