@@ -69,6 +69,8 @@ class NvccBuildExt(build_ext):
 setup(
     package_dir={"elmo_fast": "src/elmo_fast", "elmo_fast.kernels": "kernels"},
     packages=["elmo_fast", "elmo_fast.reference", "elmo_fast.ops", "elmo_fast.kernels"],
+    # the registry's 'tiny' model (bilm-tf's test fixture, Apache-2.0; see its NOTICE.md)
+    package_data={"elmo_fast": ["data/tiny/options.json", "data/tiny/weights.hdf5", "data/tiny/NOTICE.md"]},
     # sources listed for sdists; NvccBuildExt compiles them itself
     ext_modules=[Extension("elmo_fast._lstm_cuda", sources=[f"csrc/{n}" for n in CSRC_FILES[:1]] + ["csrc/module.cpp"])],
     cmdclass={"build_ext": NvccBuildExt, "build_py": BuildPyWithSources},

@@ -107,11 +107,17 @@ def _all_files(root):
 # --------------------------------------------------------------------------- the registry
 def test_registry_names_and_urls(monkeypatch):
     monkeypatch.delenv("ELMO_FAST_MODEL_BASE_URL", raising=False)
-    assert list(MODELS) == ["small", "medium", "original", "original-5.5B"]
-    stems = {n: s.stem for n, s in MODELS.items()}
+    assert list(MODELS) == ["tiny", "small", "medium", "original", "original-5.5B", "pubmed"]
+    stems = {n: s.stem for n, s in MODELS.items() if not s.packaged and s.folder is None}
     assert stems == {"small": "2x1024_128_2048cnn_1xhighway", "medium": "2x2048_256_2048cnn_1xhighway",
                      "original": "2x4096_512_2048cnn_2xhighway",
                      "original-5.5B": "2x4096_512_2048cnn_2xhighway_5.5B"}
+    # the contributed PubMed model, as allennlp's ELMo page lists it
+    p = MODELS["pubmed"]
+    base = "https://allennlp.s3.amazonaws.com/models/elmo/contributed/pubmed/"
+    assert p.options_url == base + "elmo_2x4096_512_2048cnn_2xhighway_options.json"
+    assert p.weights_url == base + "elmo_2x4096_512_2048cnn_2xhighway_weights_PubMed_only.hdf5"
+    assert MODELS["tiny"].options_url is None and MODELS["tiny"].packaged
     s = MODELS["original-5.5B"]
     base = "https://allennlp.s3.amazonaws.com/models/elmo/2x4096_512_2048cnn_2xhighway_5.5B/"
     assert s.options_url == base + "elmo_2x4096_512_2048cnn_2xhighway_5.5B_options.json"
@@ -129,6 +135,9 @@ def test_base_url_override(monkeypatch):
     ("original-5.5B", "original-5.5B"), ("original_5.5B", "original-5.5B"), ("5.5B", "original-5.5B"),
     ("5.5b", "original-5.5B"), ("2x1024_128_2048cnn_1xhighway", "small"),
     ("2x4096_512_2048cnn_2xhighway_5.5B", "original-5.5B"), ("nonsense", None),
+    # the PubMed model shares 'original''s stem; the stem still means 'original'
+    ("2x4096_512_2048cnn_2xhighway", "original"), ("pubmed", "pubmed"), ("PubMed", "pubmed"),
+    ("tiny", "tiny"), ("TINY", "tiny"),
 ])
 def test_aliases(alias, name):
     assert canonical_name(alias) == name

@@ -3,6 +3,8 @@
   elmo-fast embed INPUT OUTPUT (--all | --top | --average) [--model NAME_OR_PATH | --options P --weights P]
       allennlp's `allennlp elmo`: one whitespace-tokenised sentence per line -> hdf5 (see
       `elmo_fast.embedder.embed_corpus` for the layout, batching and atomic writing).
+  elmo-fast models [--json]
+      the model registry, and which models are packaged or cached here.
   elmo-fast info [--json]
       versions, CUDA, configuration, and which backend each op runs on here and why the others don't.
   elmo-fast bench ...
@@ -106,6 +108,16 @@ def _add_info(sub) -> None:
     p.set_defaults(func=cmd_info)
 
 
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="the model registry and what is cached here",
+                       description="Lists the registry names --model accepts, what each model is, its "
+                                   "download URLs, and whether it is packaged, cached (downloaded) or not "
+                                   "yet downloaded into the cache ($ELMO_FAST_CACHE/models or "
+                                   "~/.cache/elmo_fast/models).")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_models)
+
+
 def _add_bench(sub, bench_module) -> None:
     p = sub.add_parser("bench", help="benchmarks (elmo_fast.bench)",
                        description="Benchmarks; see elmo_fast.bench.")
@@ -119,9 +131,10 @@ def build_parser(bench_module=None) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog=PROG, description="A fast, faithful ELMo engine.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{embed,info,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{embed,models,info,bench}")
     sub.required = True
     _add_embed(sub)
+    _add_models(sub)
     _add_info(sub)
     _add_bench(sub, bench_module)
     return parser
@@ -352,6 +365,24 @@ def cmd_info(args) -> int:
     device = _check_device(args.device) if args.device else None
     info = collect_info(device, args.dtype, args.arch)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ models
+def cmd_models(args) -> int:
+    from .download import default_cache_dir, list_models
+
+    rows = list_models()
+    if args.json:
+        print(json.dumps({"cache": default_cache_dir(), "models": rows}, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"cache: {default_cache_dir()}")
+    for r in rows:
+        status = r["status"] + (f", {r['bytes'] / 2**20:.1f} MiB" if r["bytes"] else "")
+        print(f"{r['name']:<{width}}  [{status}]  {r['description']}")
+        if r["options_url"]:
+            print(f"{'':<{width}}  {r['weights_url']}")
     return 0
 
 
