@@ -6,6 +6,8 @@ backend for each call (cuda / triton / torch). With the torch backend this is th
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -26,6 +28,19 @@ WARMUP_TOKENS: List[str] = (
     "Officials said the results were better than expected , but that more work was needed . "
     "In 2009 , the company opened new offices in three cities and hired 200 people ."
 ).split()
+
+
+# One lock per stateful BiLm, held for a whole forward: two threads on one stateful module would
+# otherwise both read the same carried state and one update would be lost. Kept beside the module
+# (not in it) so the module still pickles and deep-copies.
+_STATE_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_STATE_LOCKS_GUARD = threading.Lock()
+
+
+def state_lock(module: nn.Module) -> threading.Lock:
+    """The lock that serialises the calls that read and update `module`'s carried state."""
+    with _STATE_LOCKS_GUARD:
+        return _STATE_LOCKS.setdefault(module, threading.Lock())
 
 
 def _param(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:
@@ -62,6 +77,18 @@ def remove_sentence_boundaries(x: torch.Tensor, mask: torch.Tensor) -> Tuple[tor
     return out, new_mask.long()
 
 
+def _check_char_ids(ids: torch.Tensor, n: int) -> None:
+    """ValueError naming the character ids outside [0, n) (the embedding's rows) instead of an
+    index error deep inside the char CNN."""
+    lo, hi = torch.stack(torch.aminmax(ids)).tolist()  # one device sync
+    if lo >= 0 and hi < n:
+        return
+    bad = torch.unique(ids[(ids < 0) | (ids >= n)]).tolist()
+    shown = ", ".join(map(str, bad[:10])) + (f", ... ({len(bad)} distinct)" if len(bad) > 10 else "")
+    raise ValueError(f"character ids out of range: {shown}; valid ids are 0 (padding) to {n - 1} "
+                     "(elmo_fast.batch_to_ids makes them)")
+
+
 class CharEncoder(nn.Module):
     """Characters -> token vectors: char embedding, convolutions, max-pool, activation, highway,
     projection (allennlp's _ElmoCharacterEncoder). Distinct tokens are encoded once."""
@@ -95,6 +122,8 @@ class CharEncoder(nn.Module):
     def forward(self, inputs: torch.Tensor) -> Dict[str, torch.Tensor]:
         """inputs [B, T, 50] character ids -> {'mask': [B, T + 2] long, 'token_embedding': [B, T + 2, P]},
         <S> and </S> added around every row."""
+        if not torch.compiler.is_compiling() and inputs.numel():
+            _check_char_ids(inputs, self.char_embed.shape[0])
         mask = (inputs > 0).any(-1)
         ids, new_mask = add_sentence_boundaries(inputs, mask, self.bos_chars, self.eos_chars)
         B, T2, L = ids.shape
@@ -162,6 +191,14 @@ class BiLm(nn.Module):
     def num_layers(self) -> int:
         return self.options.n_layers + 1
 
+    @property
+    def _elmo_lstm(self):
+        """allennlp's `_ElmoBiLm._elmo_lstm` (its ElmoLstm), for code written against allennlp such as
+        flair: a view of this module's carried state (`_states`, `stateful`, `reset_states`)."""
+        from ._allennlp_compat import ElmoLstmView
+
+        return ElmoLstmView(self)
+
     def get_output_dim(self) -> int:
         return 2 * self.options.proj_dim
 
@@ -180,6 +217,10 @@ class BiLm(nn.Module):
     # ---- state
     def reset_states(self, mask: Optional[torch.Tensor] = None) -> None:
         """Forgets the carried state: of every row, or of the rows where mask [B] is true."""
+        with state_lock(self):
+            self._reset_states(mask)
+
+    def _reset_states(self, mask: Optional[torch.Tensor] = None) -> None:
         if mask is None or self._states is None:
             self._states = None
             return
@@ -283,7 +324,15 @@ class BiLm(nn.Module):
 
     def forward(self, inputs: torch.Tensor, word_inputs: Optional[torch.Tensor] = None) -> Dict[str, object]:
         """inputs [B, T, 50] character ids (word_inputs [B, T] ids into the cached vocabulary) ->
-        {'activations': n_layers + 1 tensors [B, T + 2, 2P], 'mask': [B, T + 2] long}."""
+        {'activations': n_layers + 1 tensors [B, T + 2, 2P], 'mask': [B, T + 2] long}.
+        Concurrent calls on one stateful module run one after the other (each continues the state the
+        previous one left); stateless calls run concurrently."""
+        if self.stateful and not torch.compiler.is_compiling():
+            with state_lock(self):
+                return self._forward(inputs, word_inputs)
+        return self._forward(inputs, word_inputs)
+
+    def _forward(self, inputs: torch.Tensor, word_inputs: Optional[torch.Tensor] = None) -> Dict[str, object]:
         if inputs.dim() != 3 or inputs.size(-1) != self.options.max_chars:
             raise ValueError(f"BiLm expects character ids of shape [batch, tokens, {self.options.max_chars}], "
                              f"got {tuple(inputs.shape)}")
@@ -380,11 +429,23 @@ class Elmo(nn.Module):
     def reset_states(self, mask: Optional[torch.Tensor] = None) -> None:
         self._elmo_lstm.reset_states(mask)
 
+    def _empty_output(self, shape: torch.Size, device: torch.device) -> Dict[str, object]:
+        """The outputs for a batch without sentences (inputs [0, T, 50] or [..., 0, ..., T, 50]): empty
+        tensors of the shapes a batch has ([..., T, D]; T + 2 with keep_sentence_boundaries)."""
+        T = shape[-2] + 2 if self._keep_sentence_boundaries else shape[-2]
+        mask = torch.zeros(*shape[:-2], T, dtype=torch.long, device=device)
+        param = next(self.parameters())
+        reps = [torch.zeros(*shape[:-2], T, self.get_output_dim(), dtype=param.dtype, device=device)
+                for _ in self._scalar_mixes]
+        return {"elmo_representations": reps, "mask": mask}
+
     def forward(self, inputs: torch.Tensor, word_inputs: Optional[torch.Tensor] = None
                 ) -> Dict[str, Union[torch.Tensor, List[torch.Tensor]]]:
         original_shape = inputs.size()
         if len(original_shape) < 3:
             raise ValueError(f"Elmo expects character ids of shape [batch, tokens, 50], got {tuple(original_shape)}")
+        if original_shape[:-2].numel() == 0:  # no sentences at all, e.g. batch_to_ids([])
+            return self._empty_output(original_shape, inputs.device)
         reshaped = inputs.reshape(-1, *original_shape[-2:]) if len(original_shape) > 3 else inputs
         original_word_size = None
         reshaped_words = word_inputs
