@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -48,6 +49,7 @@ class ElmoOptions:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any], source: str = "options") -> "ElmoOptions":
+        """Checks every field's type and range; WeightsError names the key and the value."""
         def get(section: str, key: str, default: Any = KeyError):
             sec = d.get(section)
             if not isinstance(sec, dict):
@@ -58,44 +60,59 @@ class ElmoOptions:
                 return default
             return sec[key]
 
+        def integer(name: str, value: Any, lo: int) -> int:
+            # JSON has one number type: 64 and 64.0 are the same integer, 64.7 and true are not
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+                    or int(value) < lo:
+                raise WeightsError(f"{source}: {name} must be an integer >= {lo}, got {value!r}")
+            return int(value)
+
         emb = get("char_cnn", "embedding")
         if not isinstance(emb, dict) or "dim" not in emb:
             raise WeightsError(f"{source}: missing key char_cnn.embedding.dim")
-        try:
-            filters = tuple((int(w), int(n)) for w, n in get("char_cnn", "filters"))
-        except (TypeError, ValueError) as exc:
-            raise WeightsError(f"{source}: char_cnn.filters must be a list of [width, count] pairs") from exc
+        raw_filters = get("char_cnn", "filters")
+        if not isinstance(raw_filters, list) or not raw_filters or \
+                not all(isinstance(f, (list, tuple)) and len(f) == 2 for f in raw_filters):
+            raise WeightsError(f"{source}: char_cnn.filters must be a list of [width, count] pairs, got "
+                               f"{raw_filters!r}")
+        filters = tuple((integer(f"char_cnn.filters[{i}] width", w, 1), integer(f"char_cnn.filters[{i}] count", n, 1))
+                        for i, (w, n) in enumerate(raw_filters))
         activation = get("char_cnn", "activation", "relu")
         if activation not in ACTIVATIONS:
             raise WeightsError(f"{source}: char_cnn.activation {activation!r} is not one of {ACTIVATIONS}")
 
         def clip(key):
             v = get("lstm", key, None)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v != v):
+                raise WeightsError(f"{source}: lstm.{key} must be a number or null, got {v!r}")
             return None if v is None or float(v) <= 0 else float(v)
 
+        skip = get("lstm", "use_skip_connections", False)
+        if not isinstance(skip, bool) and skip not in (0, 1):
+            raise WeightsError(f"{source}: lstm.use_skip_connections must be true or false, got {skip!r}")
+        n_characters = integer("char_cnn.n_characters", get("char_cnn", "n_characters", 262), 1)
+        if n_characters not in (261, 262):
+            raise WeightsError(f"{source}: char_cnn.n_characters must be 261 or 262 (allennlp character ids), "
+                               f"got {n_characters}")
         opts = cls(
-            char_dim=int(emb["dim"]),
+            char_dim=integer("char_cnn.embedding.dim", emb["dim"], 1),
             filters=filters,
-            n_highway=int(get("char_cnn", "n_highway")),
-            n_characters=int(get("char_cnn", "n_characters", 262)),
-            max_chars=int(get("char_cnn", "max_characters_per_token", 50)),
+            n_highway=integer("char_cnn.n_highway", get("char_cnn", "n_highway"), 0),
+            n_characters=n_characters,
+            max_chars=integer("char_cnn.max_characters_per_token", get("char_cnn", "max_characters_per_token", 50), 1),
             activation=activation,
-            cell_dim=int(get("lstm", "dim")),
-            proj_dim=int(get("lstm", "projection_dim")),
-            n_layers=int(get("lstm", "n_layers")),
+            cell_dim=integer("lstm.dim", get("lstm", "dim"), 1),
+            proj_dim=integer("lstm.projection_dim", get("lstm", "projection_dim"), 1),
+            n_layers=integer("lstm.n_layers", get("lstm", "n_layers"), 1),
             cell_clip=clip("cell_clip"),
             proj_clip=clip("proj_clip"),
-            skip_connections=bool(get("lstm", "use_skip_connections", False)),
+            skip_connections=bool(skip),
         )
-        if not filters or any(w < 1 or n < 1 for w, n in filters):
-            raise WeightsError(f"{source}: char_cnn.filters must be non-empty with positive sizes")
         if opts.max_chars != 50:
             raise WeightsError(f"{source}: max_characters_per_token must be 50 (allennlp character ids), "
                                f"got {opts.max_chars}")
         if max(w for w, _ in filters) > opts.max_chars:
             raise WeightsError(f"{source}: a filter is wider than max_characters_per_token")
-        if opts.n_layers < 1 or opts.cell_dim < 1 or opts.proj_dim < 1:
-            raise WeightsError(f"{source}: lstm.n_layers, dim and projection_dim must be positive")
         return opts
 
     @classmethod
@@ -180,8 +197,36 @@ class _Reader:
         return arr
 
 
+# datasets of layers: a file holding one the options do not use was written for other options
+_LAYER_DATASET = re.compile(r"^(CNN/[Wb]_cnn_(?P<conv>\d+)|CNN_high_(?P<highway>\d+)/.+|"
+                            r"RNN_(?P<direction>\d+)/RNN/MultiRNNCell/Cell(?P<layer>\d+)/.+)$")
+
+
+def _check_unused_layers(h5, options: ElmoOptions, path: str) -> None:
+    """WeightsError naming the first dataset of a layer beyond what the options use."""
+    names: List[str] = []
+    h5.visititems(lambda name, obj: names.append(name) if hasattr(obj, "shape") else None)
+    for name in sorted(names):
+        m = _LAYER_DATASET.match(name)
+        if m is None:
+            continue
+        why = None
+        if m["conv"] is not None and int(m["conv"]) >= len(options.filters):
+            why = f"char_cnn.filters has {len(options.filters)} entries"
+        elif m["highway"] is not None and int(m["highway"]) >= options.n_highway:
+            why = f"char_cnn.n_highway is {options.n_highway}"
+        elif m["direction"] is not None and int(m["direction"]) > 1:
+            why = "a biLM has 2 directions (RNN_0, RNN_1)"
+        elif m["layer"] is not None and int(m["layer"]) >= options.n_layers:
+            why = f"lstm.n_layers is {options.n_layers}"
+        if why:
+            raise WeightsError(f"{path}: dataset {name!r} is a layer the options do not use ({why}); the "
+                               "options file does not belong to these weights")
+
+
 def load_weights(options: ElmoOptions, path: str) -> ElmoWeights:
-    """Reads an allennlp / bilm-tf weights.hdf5 for the given options."""
+    """Reads an allennlp / bilm-tf weights.hdf5 for the given options; refuses a file holding layers
+    the options do not use (running on a subset of a model's weights gives wrong numbers silently)."""
     import h5py
 
     if not os.path.exists(path):
@@ -193,6 +238,7 @@ def load_weights(options: ElmoOptions, path: str) -> ElmoWeights:
     o = options
     E, F, P, C = o.char_dim, o.n_filters, o.proj_dim, o.cell_dim
     with h5:
+        _check_unused_layers(h5, o, path)
         read = _Reader(h5, path)
         # allennlp's ids run to 261 (padding 260 + 1), so 261 stored rows whatever n_characters says
         # (bilm-tf training options say 261, the released ones 262).
