@@ -136,3 +136,38 @@ def test_cuda_device_setter_moves_the_model():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             ee.cuda_device = 0
         assert ee.cuda_device == -1
+
+
+@pytest.fixture
+def clean_allennlp_modules():
+    import sys
+    yield
+    for name in [n for n in sys.modules if n == "allennlp" or n.startswith("allennlp.")]:
+        del sys.modules[name]
+
+
+def test_allennlp_shim_gives_flair_its_names(clean_allennlp_modules):
+    import importlib.util
+
+    if importlib.util.find_spec("allennlp") is not None:
+        pytest.skip("a real allennlp is installed here")
+    import elmo_fast
+    elmo_fast.install_allennlp_shim()
+    elmo_fast.install_allennlp_shim()  # twice is fine
+    import allennlp.commands.elmo   # what flair's ELMoEmbeddings imports
+    from allennlp.modules.elmo import Elmo as ShimElmo, batch_to_ids as shim_ids
+    assert allennlp.commands.elmo.ElmoEmbedder is ElmoEmbedder and ShimElmo is Elmo and shim_ids is batch_to_ids
+    assert allennlp.commands.elmo.DEFAULT_WEIGHT_FILE.endswith("elmo_2x4096_512_2048cnn_2xhighway_weights.hdf5")
+    ee = allennlp.commands.elmo.ElmoEmbedder(options_file=OPTIONS, weight_file=WEIGHTS, cuda_device=-1)
+    assert ee.embed_batch([["hello"]])[0].shape == (3, 1, 32)
+
+
+def test_allennlp_shim_never_shadows_a_real_allennlp(monkeypatch, clean_allennlp_modules):
+    import importlib.util
+
+    import elmo_fast
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "allennlp" else real(name, *a))
+    with pytest.raises(RuntimeError, match="allennlp is installed"):
+        elmo_fast.install_allennlp_shim()

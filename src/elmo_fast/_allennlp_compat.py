@@ -98,3 +98,35 @@ def _checked_states(value, options) -> Optional[Tuple[torch.Tensor, torch.Tensor
             if isinstance(value, (tuple, list)) else type(value).__name__
         raise ValueError(f"_states must be None or (h [{L}, batch, {2 * P}], c [{L}, batch, {2 * C}]), got {got}")
     return (value[0].detach(), value[1].detach())
+
+
+def install_allennlp_shim() -> None:
+    """Makes `import allennlp.commands.elmo` / `allennlp.modules.elmo` give elmo_fast's `ElmoEmbedder`,
+    `Elmo` and `batch_to_ids`, for libraries that build them by those names (flair's ELMoEmbeddings)
+    without allennlp installed. Refused when a real allennlp is importable, so it is never shadowed."""
+    import importlib.util
+    import sys
+    import types
+
+    existing = sys.modules.get("allennlp")
+    if existing is not None and getattr(existing, "__elmo_fast_shim__", False):
+        return
+    if existing is not None or importlib.util.find_spec("allennlp") is not None:
+        raise RuntimeError("allennlp is installed: elmo_fast will not shadow it (uninstall it, or use "
+                           "elmo_fast's classes directly)")
+    from . import Elmo, ElmoEmbedder, batch_to_ids
+    from .download import MODELS
+
+    root, commands, modules = (types.ModuleType(n) for n in ("allennlp", "allennlp.commands", "allennlp.modules"))
+    root.__elmo_fast_shim__ = True
+    cmd_elmo = types.ModuleType("allennlp.commands.elmo")
+    cmd_elmo.ElmoEmbedder = ElmoEmbedder
+    cmd_elmo.DEFAULT_OPTIONS_FILE = MODELS["original"].options_url
+    cmd_elmo.DEFAULT_WEIGHT_FILE = MODELS["original"].weights_url
+    cmd_elmo.DEFAULT_BATCH_SIZE = 64
+    mod_elmo = types.ModuleType("allennlp.modules.elmo")
+    mod_elmo.Elmo, mod_elmo.batch_to_ids = Elmo, batch_to_ids
+    root.commands, root.modules, commands.elmo, modules.elmo = commands, modules, cmd_elmo, mod_elmo
+    modules.Elmo = Elmo
+    sys.modules.update({"allennlp": root, "allennlp.commands": commands, "allennlp.commands.elmo": cmd_elmo,
+                        "allennlp.modules": modules, "allennlp.modules.elmo": mod_elmo})
