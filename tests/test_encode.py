@@ -159,3 +159,19 @@ def test_module_level_encode(stateless):
     assert _cached_embedder.cache_info().hits >= 1
     with pytest.raises(ValueError, match="unknown ELMo model"):
         elmo_fast.encode(sents, "no-such-model")
+
+
+def test_batches_are_formed_by_length(stateless, monkeypatch):
+    """Longest first, so each batch pads little (the numbers do not depend on it; the speed does)."""
+    seen = []
+    real = stateless._run
+
+    def spy(bilm, batch):
+        seen.append([len(s) for s in batch])
+        return real(bilm, batch)
+
+    monkeypatch.setattr(stateless, "_run", spy)
+    sents = _sentences(10, seed=9)
+    stateless.encode(sents, batch_size=3)
+    flat = [n for batch in seen for n in batch]
+    assert [len(b) for b in seen] == [3, 3, 3, 1] and flat == sorted((len(s) for s in sents), reverse=True)

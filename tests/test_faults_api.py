@@ -57,6 +57,24 @@ def test_cli_bf16_on_cpu(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ 4: threads on one module
+def _in_two_threads(work):
+    """Runs work() in two threads at once; the exceptions they raised."""
+    errors = []
+
+    def run():
+        try:
+            work()
+        except Exception as e:  # reported by the caller
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return errors
+
+
 @pytest.fixture
 def slow_lstm(monkeypatch):
     """Every LSTM layer takes a few ms longer, so two unserialised threads would surely interleave
@@ -71,29 +89,20 @@ def slow_lstm(monkeypatch):
 
 
 def test_stateful_threads_are_serialised(slow_lstm):
-    torch.set_num_threads(1)
     ids = batch_to_ids(SENTS)
     shared = BiLm(OPTIONS, WEIGHTS, stateful=True)
     alone = BiLm(OPTIONS, WEIGHTS, stateful=True)
     n = 12  # calls per thread
     with torch.inference_mode():
         want = [alone(ids)["activations"][-1] for _ in range(2 * n)]
-    got, errors = [], []
+    got = []
 
     def work():
-        try:
-            for _ in range(n):
-                with torch.inference_mode():
-                    got.append(shared(ids)["activations"][-1])
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for _ in range(n):
+            with torch.inference_mode():
+                got.append(shared(ids)["activations"][-1])
 
-    threads = [threading.Thread(target=work) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors
+    assert not _in_two_threads(work)
     # every call continued the state of exactly one earlier call: the outputs are the sequential
     # ones (same input each call, so the order of calls does not matter), none lost or duplicated
     assert len(got) == 2 * n
@@ -110,31 +119,20 @@ def test_stateless_threads_run_concurrently(monkeypatch):
     """Two stateless calls are inside the LSTM at the same time (a barrier both must reach)."""
     barrier = threading.Barrier(2, timeout=20)
     real = elmo_fast.ops.lstm_layer
-    reached = []
 
     def meet(*args, **kwargs):
-        if not reached:
-            reached.append(1)
         barrier.wait()
         return real(*args, **kwargs)
 
     monkeypatch.setattr(elmo_fast.ops, "lstm_layer", meet)
     bilm = BiLm(OPTIONS, WEIGHTS, stateful=False)
     ids = batch_to_ids(SENTS)
-    errors = []
 
     def work():
-        try:
-            with torch.inference_mode():
-                bilm(ids)
-        except Exception as e:
-            errors.append(e)
+        with torch.inference_mode():
+            bilm(ids)
 
-    threads = [threading.Thread(target=work) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    errors = _in_two_threads(work)
     assert not errors, errors  # a BrokenBarrierError here would mean the calls were serialised
 
 
