@@ -148,31 +148,42 @@ def _model(tmp_path, mutate=None, weights=WEIGHTS):
     return str(d / "options.json"), str(d / "weights.hdf5")
 
 
-@pytest.mark.parametrize("mutate, pattern", [
-    pytest.param(lambda o: o["char_cnn"].update(n_highway=-1), r"char_cnn\.n_highway must be an integer >= 0, got -1",
-                 id="n_highway-negative"),
-    pytest.param(lambda o: o["lstm"].update(dim=64.7), r"lstm\.dim must be an integer >= 1, got 64\.7", id="dim-float"),
-    pytest.param(lambda o: o["lstm"].update(dim=True), r"lstm\.dim must be an integer >= 1, got True", id="dim-bool"),
-    pytest.param(lambda o: o["lstm"].update(n_layers="2"), r"lstm\.n_layers must be an integer", id="n_layers-str"),
-    pytest.param(lambda o: o["lstm"].update(n_layers=0), r"lstm\.n_layers must be an integer >= 1", id="n_layers-0"),
-    pytest.param(lambda o: o["lstm"].update(cell_clip="3"), r"lstm\.cell_clip must be a number or null", id="clip-str"),
-    pytest.param(lambda o: o["lstm"].update(use_skip_connections="yes"), r"lstm\.use_skip_connections must be true or false",
+def _set(path, value):
+    """A mutation of options.json: path like 'lstm.dim' or 'char_cnn.embedding.dim'."""
+    *parents, key = path.split(".")
+
+    def mutate(opts):
+        for p in parents:
+            opts = opts[p]
+        opts[key] = value
+    return mutate
+
+
+@pytest.mark.parametrize("path, value, pattern", [
+    pytest.param("char_cnn.n_highway", -1, r"char_cnn\.n_highway must be an integer >= 0, got -1",
+                 id="highway-neg"),
+    pytest.param("lstm.dim", 64.7, r"lstm\.dim must be an integer >= 1, got 64\.7", id="dim-float"),
+    pytest.param("lstm.dim", True, r"lstm\.dim must be an integer >= 1, got True", id="dim-bool"),
+    pytest.param("lstm.n_layers", "2", r"lstm\.n_layers must be an integer", id="n_layers-str"),
+    pytest.param("lstm.n_layers", 0, r"lstm\.n_layers must be an integer >= 1", id="n_layers-0"),
+    pytest.param("lstm.cell_clip", "3", r"lstm\.cell_clip must be a number or null", id="clip-str"),
+    pytest.param("lstm.use_skip_connections", "yes", r"lstm\.use_skip_connections must be true or false",
                  id="skip-str"),
-    pytest.param(lambda o: o["char_cnn"].update(n_characters=300), r"char_cnn\.n_characters must be 261 or 262", id="n_chars"),
-    pytest.param(lambda o: o["char_cnn"].update(filters=[[1, 4], [2, 0]]), r"char_cnn\.filters\[1\] count must be an integer >= 1",
+    pytest.param("char_cnn.n_characters", 300, r"char_cnn\.n_characters must be 261 or 262", id="n_chars"),
+    pytest.param("char_cnn.filters", [[1, 4], [2, 0]], r"char_cnn\.filters\[1\] count must be an integer",
                  id="filter-count-0"),
-    pytest.param(lambda o: o["char_cnn"].update(filters=[]), r"char_cnn\.filters must be a list of", id="filters-empty"),
-    pytest.param(lambda o: o["char_cnn"]["embedding"].update(dim=4.5), r"char_cnn\.embedding\.dim must be an integer",
-                 id="char-dim-float"),
+    pytest.param("char_cnn.filters", [], r"char_cnn\.filters must be a list of", id="filters-empty"),
+    pytest.param("char_cnn.embedding.dim", 4.5, r"char_cnn\.embedding\.dim must be an integer",
+                 id="char-dim"),
 ])
-def test_bad_option_values(tmp_path, mutate, pattern):
-    opath, wpath = _model(tmp_path, mutate)
+def test_bad_option_values(tmp_path, path, value, pattern):
+    opath, wpath = _model(tmp_path, _set(path, value))
     with pytest.raises(WeightsError, match=r"options\.json: " + pattern):
         load_model(opath, wpath)
 
 
 def test_integral_floats_are_integers(tmp_path):
-    opath, wpath = _model(tmp_path, lambda o: o["lstm"].update(dim=64.0))
+    opath, wpath = _model(tmp_path, _set("lstm.dim", 64.0))
     assert load_model(opath, wpath).options.cell_dim == 64
 
 
@@ -198,7 +209,8 @@ def test_out_of_range_character_ids(bad):
     elmo = Elmo(OPTIONS, WEIGHTS, 1, dropout=0.0, stateful=False)
     ids = batch_to_ids(SENTS)
     ids[0, 1, 3] = bad
-    with pytest.raises(ValueError, match=rf"character ids out of range: {bad}; valid ids are 0 \(padding\) to 261"):
+    with pytest.raises(ValueError,
+                       match=rf"character ids out of range: {bad}; valid ids are 0 \(padding\) to 261"):
         elmo(ids)
 
 
@@ -235,7 +247,8 @@ def test_embed_sentences_batch_size(bad):
 
 @pytest.mark.parametrize("device", ["mps", "xpu", "meta"])
 def test_unsupported_device_types(tmp_path, capsys, device):
-    with pytest.raises(ValueError, match=rf"device '{device}' is not supported: elmo_fast runs on cpu or cuda"):
+    with pytest.raises(ValueError,
+                       match=rf"device '{device}' is not supported: elmo_fast runs on cpu or cuda"):
         ElmoEmbedder(model="tiny", device=device)
     corpus = tmp_path / "in.txt"
     corpus.write_text("Hello world\n")

@@ -156,8 +156,10 @@ def test_allennlp_shim_gives_flair_its_names(clean_allennlp_modules):
     elmo_fast.install_allennlp_shim()  # twice is fine
     import allennlp.commands.elmo   # what flair's ELMoEmbeddings imports
     from allennlp.modules.elmo import Elmo as ShimElmo, batch_to_ids as shim_ids
-    assert allennlp.commands.elmo.ElmoEmbedder is ElmoEmbedder and ShimElmo is Elmo and shim_ids is batch_to_ids
-    assert allennlp.commands.elmo.DEFAULT_WEIGHT_FILE.endswith("elmo_2x4096_512_2048cnn_2xhighway_weights.hdf5")
+    assert allennlp.commands.elmo.ElmoEmbedder is ElmoEmbedder
+    assert ShimElmo is Elmo and shim_ids is batch_to_ids
+    assert allennlp.commands.elmo.DEFAULT_WEIGHT_FILE.endswith(
+        "elmo_2x4096_512_2048cnn_2xhighway_weights.hdf5")
     ee = allennlp.commands.elmo.ElmoEmbedder(options_file=OPTIONS, weight_file=WEIGHTS, cuda_device=-1)
     assert ee.embed_batch([["hello"]])[0].shape == (3, 1, 32)
 

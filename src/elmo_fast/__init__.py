@@ -9,6 +9,7 @@ from .weights import ElmoOptions, ElmoWeights, WeightsError, load_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "Elmo", "ElmoEmbedder", "batch_to_ids", "encode", "install_allennlp_shim", "BiLm", "CharEncoder", "ScalarMix",
+    "Elmo", "ElmoEmbedder", "batch_to_ids", "encode", "install_allennlp_shim", "BiLm", "CharEncoder",
+    "ScalarMix",
     "ElmoOptions", "ElmoWeights", "WeightsError", "load_model", "__version__",
 ]

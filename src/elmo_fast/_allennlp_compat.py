@@ -75,9 +75,10 @@ class ElmoLstmView:
 
     def __getattr__(self, name):
         if name in _REPLACED:
-            raise AttributeError(f"allennlp's ElmoLstm.{name} does not exist in elmo_fast: use {_REPLACED[name]}")
-        raise AttributeError(f"allennlp's ElmoLstm.{name} has no counterpart in elmo_fast's BiLm (which holds "
-                             "the char encoder, both LSTM stacks and the carried state: BiLm._states)")
+            raise AttributeError(f"allennlp's ElmoLstm.{name} does not exist in elmo_fast: "
+                                 f"use {_REPLACED[name]}")
+        raise AttributeError(f"allennlp's ElmoLstm.{name} has no counterpart in elmo_fast's BiLm (which "
+                             "holds the char encoder, both LSTM stacks and the carried state: BiLm._states)")
 
     def __repr__(self) -> str:
         return f"ElmoLstmView(of {type(self._bilm).__name__}, stateful={self.stateful})"
@@ -88,7 +89,8 @@ def _checked_states(value, options) -> Optional[Tuple[torch.Tensor, torch.Tensor
     if value is None:
         return None
     L, P, C = options.n_layers, options.proj_dim, options.cell_dim
-    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(t, torch.Tensor) for t in value)
+    ok = isinstance(value, (tuple, list)) and len(value) == 2 and \
+        all(isinstance(t, torch.Tensor) for t in value)
     if ok:
         h, c = value
         ok = (h.dim() == 3 and c.dim() == 3 and h.shape[0] == c.shape[0] == L and h.shape[1] == c.shape[1]
@@ -96,7 +98,8 @@ def _checked_states(value, options) -> Optional[Tuple[torch.Tensor, torch.Tensor
     if not ok:
         got = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in value] \
             if isinstance(value, (tuple, list)) else type(value).__name__
-        raise ValueError(f"_states must be None or (h [{L}, batch, {2 * P}], c [{L}, batch, {2 * C}]), got {got}")
+        raise ValueError(f"_states must be None or (h [{L}, batch, {2 * P}], c [{L}, batch, {2 * C}]), "
+                         f"got {got}")
     return (value[0].detach(), value[1].detach())
 
 
@@ -117,7 +120,8 @@ def install_allennlp_shim() -> None:
     from . import Elmo, ElmoEmbedder, batch_to_ids
     from .download import MODELS
 
-    root, commands, modules = (types.ModuleType(n) for n in ("allennlp", "allennlp.commands", "allennlp.modules"))
+    names = ("allennlp", "allennlp.commands", "allennlp.modules")
+    root, commands, modules = (types.ModuleType(n) for n in names)
     root.__elmo_fast_shim__ = True
     cmd_elmo = types.ModuleType("allennlp.commands.elmo")
     cmd_elmo.ElmoEmbedder = ElmoEmbedder

@@ -170,8 +170,8 @@ def _device(args) -> str:
         name = args.device or _default_device()
     device = _check_device(name)
     if getattr(args, "dtype", None) == "bf16" and device == "cpu":
-        raise CliError("--dtype bf16 is refused on the CPU: there it runs about 26x slower than fp32 (no fast "
-                       "low-precision CPU kernels); use --dtype fp32, or bf16 with --device cuda")
+        raise CliError("--dtype bf16 is refused on the CPU: there it runs about 26x slower than fp32 (no "
+                       "fast low-precision CPU kernels); use --dtype fp32, or bf16 with --device cuda")
     return device
 
 

@@ -158,7 +158,8 @@ def canonical_name(name: str) -> Optional[str]:
         if key == spec.name.lower():
             return spec.name
     for spec in MODELS.values():  # allennlp's stems name the models of its own bucket folders only
-        if spec.folder is None and not spec.packaged and key in (spec.stem.lower(), f"elmo_{spec.stem}".lower()):
+        own_folder = spec.folder is None and not spec.packaged
+        if own_folder and key in (spec.stem.lower(), f"elmo_{spec.stem}".lower()):
             return spec.name
     return ALIASES.get(key)
 
@@ -268,8 +269,8 @@ def _from_directory(folder: str, options: Optional[str], weights: Optional[str])
     if weights is None:
         weights = _pick(folder, WEIGHTS_NAMES, "_weights.hdf5", "weights")
     missing = [w for w, p in (("options (options.json or *_options.json)", options),
-                              ("weights (weights.hdf5, model.hdf5, lm_weights.hdf5 or *_weights.hdf5)", weights))
-               if p is None]
+                              ("weights (weights.hdf5, model.hdf5, lm_weights.hdf5 or *_weights.hdf5)",
+                               weights)) if p is None]
     if missing:
         raise FileNotFoundError(f"directory {folder} has no {' and no '.join(missing)} file")
     return options, weights
@@ -302,8 +303,9 @@ def _model_folder_in_zip(names, zip_path: str) -> str:
         raise FileNotFoundError(f"{zip_path}: the zip holds no options.json (or *_options.json); an ELMo "
                                 "model zip holds options.json and model.hdf5 (or weights.hdf5)")
     if len(folders) > 1:
-        raise ValueError(f"{zip_path}: the zip holds several models (in {', '.join(f or '/' for f in folders)}); "
-                         "unpack it and pass the folder of the one to use")
+        where = ", ".join(f or "/" for f in folders)
+        raise ValueError(f"{zip_path}: the zip holds several models (in {where}); unpack it and pass the "
+                         "folder of the one to use")
     return folders[0]
 
 
@@ -397,8 +399,8 @@ def _resolve_url(url: str, explicit_opts: Optional[str], explicit_wts: Optional[
         return _from_directory(folder, explicit_opts, explicit_wts)
     kind, partners = _url_partners(url)
     if kind == "folder":
-        raise ValueError(f"{url!r} is not a model file URL: pass the URL of a .zip, of the weights (.hdf5) or "
-                         "of the options (.json) file (its partner is fetched from beside it), or both "
+        raise ValueError(f"{url!r} is not a model file URL: pass the URL of a .zip, of the weights (.hdf5) "
+                         "or of the options (.json) file (its partner is fetched from beside it), or both "
                          "files as --options URL --weights URL (options_file= / weight_file=)")
     if kind == "options":
         options = explicit_opts or download_file(url, _url_dest(url, cache_dir), progress=progress)
@@ -424,7 +426,8 @@ def _names_a_model(s) -> bool:
 
 
 def _unknown(name: str) -> ValueError:
-    known = ", ".join(f"{n} ({s.stem})" if not s.packaged and s.folder is None else n for n, s in MODELS.items())
+    known = ", ".join(f"{n} ({s.stem})" if not s.packaged and s.folder is None else n
+                      for n, s in MODELS.items())
     aliases = ", ".join(sorted(ALIASES))
     return ValueError(f"unknown ELMo model {name!r}: known names are {known} (aliases: {aliases}). "
                       "A local directory holding options.json and weights.hdf5 (or model.hdf5), a .zip "

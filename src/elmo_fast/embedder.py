@@ -42,7 +42,8 @@ def check_dtype(dtype: torch.dtype, device: torch.device) -> None:
     """ValueError for a dtype the model cannot or should not run in on `device`: bf16 / fp16 on the
     CPU run the reference path ~26x slower than fp32 (no fast low-precision CPU kernels)."""
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating torch.dtype (torch.float32, torch.bfloat16), got {dtype!r}")
+        raise ValueError(f"dtype must be a floating torch.dtype (torch.float32, torch.bfloat16), "
+                         f"got {dtype!r}")
     if device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
         name = str(dtype).replace("torch.", "")
         raise ValueError(f"dtype {name} is refused on the CPU: there it runs about 26x slower than float32 "
@@ -126,7 +127,9 @@ class ElmoEmbedder:
     def cuda_device(self) -> int:
         """allennlp's device number: the GPU index the model is on, -1 for the CPU."""
         dev = self.device
-        return -1 if dev.type != "cuda" else (dev.index if dev.index is not None else torch.cuda.current_device())
+        if dev.type != "cuda":
+            return -1
+        return dev.index if dev.index is not None else torch.cuda.current_device()
 
     @cuda_device.setter
     def cuda_device(self, value: int) -> None:
@@ -143,8 +146,8 @@ class ElmoEmbedder:
     def __getattr__(self, name: str):
         # only reached for names not found normally: allennlp's `indexer` has a named replacement
         if name == "indexer":
-            raise AttributeError("allennlp's ElmoEmbedder.indexer (ELMoTokenCharactersIndexer) does not exist in "
-                                 "elmo_fast: use elmo_fast.batch_to_ids(sentences) for character ids")
+            raise AttributeError("allennlp's ElmoEmbedder.indexer (ELMoTokenCharactersIndexer) does not "
+                                 "exist in elmo_fast: use elmo_fast.batch_to_ids(sentences) for character ids")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
@@ -284,7 +287,9 @@ class ElmoEmbedder:
         if device is not None or dtype is not None:
             self.to(device, dtype)
         bilm = self.elmo_bilm if stateful else _stateless(self.elmo_bilm)
-        order = list(range(len(tokens))) if stateful else sorted(range(len(tokens)), key=lambda i: -len(tokens[i]))
+        order = list(range(len(tokens)))
+        if not stateful:  # longest first; equal lengths keep input order
+            order.sort(key=lambda i: -len(tokens[i]))
         pooled = output_value == "sentence_embedding"
         results: List[Optional[torch.Tensor]] = [None] * len(tokens)
         w = None if weights is None else weights.to(self.device).view(1, -1, 1, 1)
@@ -321,7 +326,8 @@ class ElmoEmbedder:
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_embedder(options: str, weights: str, device: str, dtype: torch.dtype, warm_start: bool) -> ElmoEmbedder:
+def _cached_embedder(options: str, weights: str, device: str, dtype: torch.dtype,
+                     warm_start: bool) -> ElmoEmbedder:
     return ElmoEmbedder(options, weights, device=device, dtype=dtype, stateful=False, warm_start=warm_start)
 
 

@@ -75,7 +75,8 @@ class ElmoOptions:
                 not all(isinstance(f, (list, tuple)) and len(f) == 2 for f in raw_filters):
             raise WeightsError(f"{source}: char_cnn.filters must be a list of [width, count] pairs, got "
                                f"{raw_filters!r}")
-        filters = tuple((integer(f"char_cnn.filters[{i}] width", w, 1), integer(f"char_cnn.filters[{i}] count", n, 1))
+        filters = tuple((integer(f"char_cnn.filters[{i}] width", w, 1),
+                         integer(f"char_cnn.filters[{i}] count", n, 1))
                         for i, (w, n) in enumerate(raw_filters))
         activation = get("char_cnn", "activation", "relu")
         if activation not in ACTIVATIONS:
@@ -92,14 +93,15 @@ class ElmoOptions:
             raise WeightsError(f"{source}: lstm.use_skip_connections must be true or false, got {skip!r}")
         n_characters = integer("char_cnn.n_characters", get("char_cnn", "n_characters", 262), 1)
         if n_characters not in (261, 262):
-            raise WeightsError(f"{source}: char_cnn.n_characters must be 261 or 262 (allennlp character ids), "
-                               f"got {n_characters}")
+            raise WeightsError(f"{source}: char_cnn.n_characters must be 261 or 262 (allennlp character "
+                               f"ids), got {n_characters}")
         opts = cls(
             char_dim=integer("char_cnn.embedding.dim", emb["dim"], 1),
             filters=filters,
             n_highway=integer("char_cnn.n_highway", get("char_cnn", "n_highway"), 0),
             n_characters=n_characters,
-            max_chars=integer("char_cnn.max_characters_per_token", get("char_cnn", "max_characters_per_token", 50), 1),
+            max_chars=integer("char_cnn.max_characters_per_token",
+                              get("char_cnn", "max_characters_per_token", 50), 1),
             activation=activation,
             cell_dim=integer("lstm.dim", get("lstm", "dim"), 1),
             proj_dim=integer("lstm.projection_dim", get("lstm", "projection_dim"), 1),
