@@ -140,10 +140,18 @@ def test_cuda_device_setter_moves_the_model():
 
 @pytest.fixture
 def clean_allennlp_modules():
+    """No allennlp module loaded during the test (other tests may hold the real one, loaded from its
+    wheel by shared/tools/allennlp_elmo.py); afterwards sys.modules is as it was."""
     import sys
+
+    def ours():
+        return [n for n in sys.modules if n == "allennlp" or n.startswith("allennlp.")]
+
+    saved = {n: sys.modules.pop(n) for n in ours()}
     yield
-    for name in [n for n in sys.modules if n == "allennlp" or n.startswith("allennlp.")]:
-        del sys.modules[name]
+    for n in ours():
+        del sys.modules[n]
+    sys.modules.update(saved)
 
 
 def test_allennlp_shim_gives_flair_its_names(clean_allennlp_modules):

@@ -34,10 +34,11 @@ def test_snippet_runs(code, tmp_path, monkeypatch):
     if missing:
         pytest.skip(f"needs {', '.join(missing)}, not installed here (the tests do not install it)")
     monkeypatch.chdir(tmp_path)
-    shimmed = "install_allennlp_shim" in code
+    # the flair snippet's shim registers allennlp modules: sys.modules is left as it was
+    saved = {n: sys.modules.pop(n) for n in list(sys.modules) if n == "allennlp" or n.startswith("allennlp.")}
     try:
-        exec(compile(code, f"README.md snippet", "exec"), {"__name__": "__readme__"})
+        exec(compile(code, "README.md snippet", "exec"), {"__name__": "__readme__"})
     finally:
-        if shimmed:  # the shim registers fake allennlp modules: leave sys.modules as it was
-            for name in [n for n in sys.modules if n == "allennlp" or n.startswith("allennlp.")]:
-                del sys.modules[name]
+        for name in [n for n in sys.modules if n == "allennlp" or n.startswith("allennlp.")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
