@@ -29,6 +29,7 @@ __all__ = [
     "BEGINNING_OF_WORD_CHARACTER",
     "END_OF_WORD_CHARACTER",
     "PADDING_CHARACTER",
+    "PADDING_ID",
     "BOS_TOKEN",
     "EOS_TOKEN",
     "BOS_CHARS",
@@ -44,6 +45,8 @@ END_OF_SENTENCE_CHARACTER = 257
 BEGINNING_OF_WORD_CHARACTER = 258
 END_OF_WORD_CHARACTER = 259
 PADDING_CHARACTER = 260
+#: the padding character as stored in the id tensors (+1): the char CNN's pad trick and dedup key on it
+PADDING_ID = PADDING_CHARACTER + 1
 #: bytes of a token that are kept (the rest of the 50 slots hold begin/end-of-word and padding)
 MAX_BYTES = MAX_WORD_LENGTH - 2
 
