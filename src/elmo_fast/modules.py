@@ -286,6 +286,11 @@ class BiLm(nn.Module):
         with ops.use_backend(self.backend):
             return self._forward(inputs, word_inputs)
 
+    # torch.compile: the biLM runs eagerly (one graph break around it, outputs unchanged). Its work
+    # has data-dependent shapes dynamo cannot trace into one graph (token dedup, length-packed
+    # recurrence, real-position GEMMs) and its backend choice is host-side; the kernels' custom
+    # ops have fake implementations for graphs that do contain them.
+    @torch.compiler.disable
     def _forward(self, inputs: torch.Tensor, word_inputs: Optional[torch.Tensor]) -> Dict[str, object]:
         if inputs.dim() != 3 or inputs.size(-1) != self.options.max_chars:
             raise ValueError(f"BiLm expects character ids of shape [batch, tokens, {self.options.max_chars}], "

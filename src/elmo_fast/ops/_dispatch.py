@@ -22,6 +22,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+import torch
+
 from .. import _config
 from .._support import ANY, Support, tensors_of  # noqa: F401  (tensors_of: re-exported for callers)
 
@@ -59,6 +61,8 @@ def use_backend(name: Optional[str]) -> Iterator[Optional[str]]:
         _CHOICE.reset(token)
 
 
+# torch.compile reads the choice once, while tracing (a host-side setting, like a flag)
+@torch._dynamo.assume_constant_result
 def current_backend() -> Tuple[str, str]:
     """(backend name, where the choice comes from) in effect here: use_backend, else ELMO_FAST_BACKEND."""
     choice = _CHOICE.get()
@@ -98,6 +102,12 @@ class Backend:
     composite: bool = False
     _fn: Optional[Callable] = field(default=None, repr=False)
     _import_error: Optional[str] = field(default=None, repr=False)
+
+    def __post_init__(self):
+        # the pure-PyTorch backends are loaded now (cheap, always there), so a torch.compile trace
+        # through the dispatcher meets no import
+        if self.target.startswith(("elmo_fast.reference.", "elmo_fast.ops.")):
+            self.load()
 
     def load(self) -> Optional[Callable]:
         if self._fn is None and self._import_error is None:
@@ -170,7 +180,8 @@ class Op:
 
     def __call__(self, backend: Optional[str] = None, **inputs):
         chosen = self.select(backend, **inputs)
-        for seen in _RECORDERS.get():
+        # record_backends observes eager calls only (a compiled graph has no per-call choice)
+        for seen in (() if torch.compiler.is_compiling() else _RECORDERS.get()):
             seen[self.name] = chosen.name
         if backend is not None and chosen.composite:
             with use_backend(backend):
