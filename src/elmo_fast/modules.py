@@ -125,6 +125,19 @@ class CharEncoder(nn.Module):
         return {"mask": new_mask.long(), "token_embedding": emb.view(B, T2, -1)}
 
 
+def _eager_under_compile(cls) -> None:
+    """torch.compile: the biLM's forward runs eagerly, so a compiled Elmo is one graph around it
+    with the same outputs. Its work has data-dependent shapes dynamo cannot trace into one graph
+    (token dedup, the length-packed recurrence, real-position GEMMs) and a host-side backend choice;
+    the kernels' custom ops have fake implementations for graphs that do contain them. Done on the
+    first construction, not at import: it imports torch._dynamo (seconds), which `import elmo_fast`
+    should not pay."""
+    if "_forward" in cls.__dict__ and not getattr(cls._forward, "_elmo_fast_eager", False):
+        eager = torch.compiler.disable(cls.__dict__["_forward"])
+        eager._elmo_fast_eager = True
+        cls._forward = eager
+
+
 class _LstmParams(nn.Module):
     def __init__(self, lw, requires_grad: bool):
         super().__init__()
@@ -172,6 +185,7 @@ class BiLm(nn.Module):
         backend: Optional[str] = None,
     ):
         super().__init__()
+        _eager_under_compile(BiLm)
         self.backend = None if backend is None else _config.check_backend(backend, source="backend")
         if weights is None:
             from .download import resolve_model
@@ -286,11 +300,6 @@ class BiLm(nn.Module):
         with ops.use_backend(self.backend):
             return self._forward(inputs, word_inputs)
 
-    # torch.compile: the biLM runs eagerly (one graph break around it, outputs unchanged). Its work
-    # has data-dependent shapes dynamo cannot trace into one graph (token dedup, length-packed
-    # recurrence, real-position GEMMs) and its backend choice is host-side; the kernels' custom
-    # ops have fake implementations for graphs that do contain them.
-    @torch.compiler.disable
     def _forward(self, inputs: torch.Tensor, word_inputs: Optional[torch.Tensor]) -> Dict[str, object]:
         if inputs.dim() != 3 or inputs.size(-1) != self.options.max_chars:
             raise ValueError(f"BiLm expects character ids of shape [batch, tokens, {self.options.max_chars}], "
