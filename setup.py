@@ -63,13 +63,15 @@ class NvccBuildExt(build_ext):
         except Exception as exc:  # optional: a failed build must not fail the install
             if mode == "1":
                 raise
-            warnings.warn(f"elmo_fast: building the CUDA LSTM extension failed; continuing without it.\n{exc}")
+            warnings.warn("elmo_fast: building the CUDA LSTM extension failed; continuing without it.\n"
+                          f"{exc}")
 
 
 setup(
     package_dir={"elmo_fast": "src/elmo_fast", "elmo_fast.kernels": "kernels"},
     packages=["elmo_fast", "elmo_fast.reference", "elmo_fast.ops", "elmo_fast.kernels"],
     # sources listed for sdists; NvccBuildExt compiles them itself
-    ext_modules=[Extension("elmo_fast._lstm_cuda", sources=[f"csrc/{n}" for n in CSRC_FILES[:1]] + ["csrc/module.cpp"])],
+    ext_modules=[Extension("elmo_fast._lstm_cuda",
+                           sources=[f"csrc/{n}" for n in CSRC_FILES[:1]] + ["csrc/module.cpp"])],
     cmdclass={"build_ext": NvccBuildExt, "build_py": BuildPyWithSources},
 )

@@ -18,7 +18,7 @@ and are computed in full, exactly as the reference does; arbitrary ids stay exac
 from __future__ import annotations
 
 import weakref
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 import triton

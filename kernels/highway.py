@@ -10,7 +10,7 @@ Triton GEMM for one [N, D] x [D, P] product.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 import triton

@@ -14,7 +14,7 @@ the interpreter's own bf16 dot is wrong in triton 3.9).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import triton

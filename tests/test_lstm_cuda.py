@@ -192,7 +192,8 @@ def test_planner_invariants_every_shape(ext, dev):
                         assert p["blocks_per_sm"] == occ >= 1, where
                         assert 1 <= p["grid"] <= occ * sms, where  # co-resident: cooperative launch
                         assert p["grid"] >= min(units, sms), where
-                        assert p["smem_bytes"] == ext.smem_bytes(p["on_chip"], dtype, bt, p["cells_per_unit"], P)
+                        assert p["smem_bytes"] == ext.smem_bytes(p["on_chip"], dtype, bt,
+                                                                 p["cells_per_unit"], P)
                         assert p["smem_bytes"] + 16 <= optin, where
                         assert p["workspace_bytes"] == ndir * p["chunks"] * B * P * 4, where
                         assert p["threads"] == ext.threads() == 256 and p["sms"] == sms
@@ -275,7 +276,8 @@ def test_emulated_kernel_matches_reference(ext, B, T, C, P, lens, reverse):
     planner picks, at the smallest unit, and at one unit for all of C."""
     torch.manual_seed(B * 1000 + C)
     x, w_hh, w_p, L, h0, c0 = make_inputs(B, T, C, P, lens)
-    ref = lstm_layer_ref(x.double(), w_hh.double(), w_p.double(), L, h0.double(), c0.double(), 3.0, 3.0, reverse)
+    ref = lstm_layer_ref(x.double(), w_hh.double(), w_p.double(), L, h0.double(), c0.double(), 3.0, 3.0,
+                         reverse)
     plan = model_plan(ext, "H100", 0, 1, B, C, P)
     for cpb, bt in {(plan["cells_per_unit"], plan["batch_tile"]), (min(8, C), 1), (C, 8), (3, 2)}:
         out, h, c = emulate(ext, [(x, w_hh, w_p, L, h0, c0)], [reverse], 3.0, cpb, bt)[0]
@@ -411,7 +413,8 @@ def test_no_clip_and_non_contiguous_inputs():
     view = xproj[:, 2:T + 2]
     lens = ragged(B, T, "cuda")
     got = lstm_cuda.lstm_layer_cuda(view, w_hh, w_p, lens, h0, c0, None, None, True)
-    ref = lstm_layer_ref(view.double(), w_hh.double(), w_p.double(), lens, h0.double(), c0.double(), None, None, True)
+    ref = lstm_layer_ref(view.double(), w_hh.double(), w_p.double(), lens, h0.double(), c0.double(),
+                         None, None, True)
     for name, g, r in zip(("out", "h_T", "c_T"), got, ref):
         assert_close(g, r.float(), torch.float32, msg=name)
 

@@ -93,7 +93,8 @@ def test_dispatch_runs_triton_when_forced(device, monkeypatch):
 
 
 def test_not_supported_reasons():
-    args = dict(zip(("xproj", "w_hh", "w_p", "lengths", "h0", "c0"), make_inputs(3, 5, 8, 4, [5, 1, 0], "cpu")))
+    names = ("xproj", "w_hh", "w_p", "lengths", "h0", "c0")
+    args = dict(zip(names, make_inputs(3, 5, 8, 4, [5, 1, 0], "cpu")))
     # never an automatic choice on the CPU
     assert any("CPU" in r or "cpu" in r for r in lstm_step.not_supported_reasons(args, False))
     bad = dict(args, xproj=args["xproj"].to(torch.float16))

@@ -10,7 +10,8 @@ ELMO_FAST_JIT            0 = never compile the CUDA extension on first use
 ELMO_FAST_WORKSPACE_MB   scratch budget that sets the time / token chunk sizes (default 1024)
 ELMO_FAST_MODEL_BASE_URL mirror for the model registry's files (model_base_url)
 ELMO_FAST_FIXTURES       the ELMo test fixture folder (tests, benchmarks; default ../shared/fixtures/elmo)
-ELMO_FAST_BENCH_CACHE    where the benchmarks cache their random-weight models (default $ELMO_FAST_CACHE/bench)
+ELMO_FAST_BENCH_CACHE    where the benchmarks cache their random-weight models
+                         (default $ELMO_FAST_CACHE/bench)
 ELMO_ALLENNLP_TOOL       the benchmarks' allennlp loader (allennlp_elmo.py); ELMO_ALLENNLP_WHEEL its wheel
 
 Read at build time, where the package cannot be imported (listed so there is one place to look):

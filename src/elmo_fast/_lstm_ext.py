@@ -70,7 +70,8 @@ def build_extension(out_dir: Optional[Path] = None, archs: Optional[str] = None,
     so = out_dir / f"_lstm_cuda{nb.ext_suffix()}"
     if not so.exists():
         tmp = out_dir / f"tmp-{os.getpid()}"
-        built = nb.build(tmp / so.name, tmp / "obj", archs=arch_list, src_dir=src, log=log or (lambda s: None))
+        built = nb.build(tmp / so.name, tmp / "obj", archs=arch_list, src_dir=src,
+                         log=log or (lambda s: None))
         os.replace(built, so)  # atomic: a concurrent process sees a whole file or none
     return so
 
@@ -113,7 +114,8 @@ def load_extension(jit: bool = True):
             _ext_origin = f"JIT-built at {so}"
             return _ext
         except Exception as exc:
-            _ext_error = f"not built ({prebuilt_error}) and the JIT build failed: {' '.join(str(exc).split())}"
+            why = " ".join(str(exc).split())
+            _ext_error = f"not built ({prebuilt_error}) and the JIT build failed: {why}"
             raise RuntimeError(_ext_error) from exc
 
 

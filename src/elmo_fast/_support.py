@@ -192,7 +192,8 @@ def bilstm_sizes(inputs: Inputs) -> Dict[str, int]:
                                 lengths=inputs.get("lengths"), h0=h0[:, :P], c0=c0[:, :C],
                                 cell_clip=inputs.get("cell_clip"), proj_clip=inputs.get("proj_clip")))
         if h0.shape[1] != 2 * sizes["P"] or c0.shape[1] != 2 * sizes["C"]:
-            raise ValueError(f"h0 must be [B, {2 * sizes['P']}] and c0 [B, {2 * sizes['C']}] (both directions), "
+            raise ValueError(f"h0 must be [B, {2 * sizes['P']}] and c0 [B, {2 * sizes['C']}] "
+                             "(both directions), "
                              f"got {tuple(h0.shape)} and {tuple(c0.shape)}")
         if d == 0:
             first = dict(sizes, D=D)

@@ -158,9 +158,11 @@ def _as_token_list(tokens, where: str = "") -> List[str]:
                         f"{_describe(tokens)}; split it into tokens first, e.g. text.split()")
     if isinstance(tokens, list):
         return tokens
-    if isinstance(tokens, (tuple, np.ndarray)) or (hasattr(tokens, "__iter__") and hasattr(tokens, "__len__")):
+    if isinstance(tokens, (tuple, np.ndarray)) or (hasattr(tokens, "__iter__")
+                                                    and hasattr(tokens, "__len__")):
         return list(tokens)
-    raise TypeError(f"{where}expected a list of tokens (str), got {type(tokens).__name__} {_describe(tokens)}")
+    raise TypeError(f"{where}expected a list of tokens (str), got {type(tokens).__name__} "
+                    f"{_describe(tokens)}")
 
 
 def tokens_to_char_ids(tokens: Sequence[str]) -> np.ndarray:

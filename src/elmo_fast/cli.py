@@ -295,8 +295,9 @@ def format_info(info: Dict[str, Any]) -> str:
         devs = ", ".join(f"{n} (sm {c})" for n, c in zip(cuda["devices"], cuda["capability"]))
         lines.append(f"CUDA {cuda['torch_cuda']}: {devs}")
     else:
-        lines.append("CUDA: not available" + (f" (torch built with CUDA {cuda['torch_cuda']}, no device found)"
-                                               if cuda["torch_cuda"] else " (CPU-only torch build)"))
+        lines.append("CUDA: not available"
+                     + (f" (torch built with CUDA {cuda['torch_cuda']}, no device found)"
+                        if cuda["torch_cuda"] else " (CPU-only torch build)"))
     env = info["env"]
     lines.append("ELMO_FAST_BACKEND=" + (env["ELMO_FAST_BACKEND"] or "(unset: auto)")
                  + "   TRITON_INTERPRET=" + (env["TRITON_INTERPRET"] or "(unset)"))

@@ -48,13 +48,15 @@ def _check_args(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, need_co
     if need_contiguous:
         for name, t in named.items():
             if not t.is_contiguous():
-                raise ValueError(f"{name} must be contiguous (strides {t.stride()} for shape {tuple(t.shape)})")
+                raise ValueError(f"{name} must be contiguous (strides {t.stride()} for shape "
+                                 f"{tuple(t.shape)})")
     if need_cuda:
         for name, t in named.items():
             if t.device.type != "cuda":
                 raise ValueError(f"{name} is on {t.device}; the CUDA LSTM needs CUDA tensors")
         if len({t.device for t in named.values()}) != 1:
-            raise ValueError(f"all tensors must be on one device, got { {k: str(t.device) for k, t in named.items()} }")
+            where = {k: str(t.device) for k, t in named.items()}
+            raise ValueError(f"all tensors must be on one device, got {where}")
     if need_contiguous:
         for name, t in named.items():
             if t.numel() and t.data_ptr() % 16:
@@ -93,7 +95,8 @@ def _run(dirs: List[Tuple[Tensor, ...]], reverse: List[bool], cell_clip, proj_cl
         c = c0.to(torch.float32, copy=True).contiguous()
         out = torch.empty(B, T, P, dtype=xp.dtype, device=dev)
         keep += [w_pT, lens]
-        for k, t in (("xproj", xp), ("w_hh", w_hh), ("w_pT", w_pT), ("lengths", lens), ("out", out), ("h", h), ("c", c)):
+        for k, t in (("xproj", xp), ("w_hh", w_hh), ("w_pT", w_pT), ("lengths", lens), ("out", out),
+                     ("h", h), ("c", c)):
             ptr[k].append(t.data_ptr())
         results.append((out, h, c, h0.dtype, c0.dtype))
     if B == 0 or T == 0:
@@ -153,7 +156,8 @@ def _lstm_layer_cuda_with(xproj, w_hh, w_p, lengths, h0, c0, cell_clip=None, pro
     return _run([args], [reverse], cell_clip, proj_clip, residency)[0]
 
 
-def _check_pair(fwd: Sequence[Tensor], bwd: Sequence[Tensor], cell_clip, proj_clip) -> List[Tuple[Tensor, ...]]:
+def _check_pair(fwd: Sequence[Tensor], bwd: Sequence[Tensor], cell_clip, proj_clip
+                ) -> List[Tuple[Tensor, ...]]:
     checked = []
     for name, args in (("fwd", fwd), ("bwd", bwd)):
         if len(args) != 6:

@@ -59,7 +59,8 @@ def remove_sentence_boundaries(x: torch.Tensor, mask: torch.Tensor) -> Tuple[tor
     lengths = mask.long().sum(1)
     T = x.size(1)
     new_mask = torch.arange(max(T - 2, 0), device=x.device).view(1, -1) < (lengths - 2).view(-1, 1)
-    out = torch.where(new_mask.unsqueeze(-1), x[:, 1 : T - 1], torch.zeros((), dtype=x.dtype, device=x.device))
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    out = torch.where(new_mask.unsqueeze(-1), x[:, 1 : T - 1], zero)
     return out, new_mask.long()
 
 
@@ -81,8 +82,10 @@ class CharEncoder(nn.Module):
             self.highway.append(nn.ParameterList([_param(t, requires_grad) for t in layer]))
         self.w_proj = _param(weights.w_proj, requires_grad)
         self.b_proj = _param(weights.b_proj, requires_grad)
-        self.register_buffer("bos_chars", torch.tensor(BOS_CHARS, dtype=torch.long).view(-1), persistent=False)
-        self.register_buffer("eos_chars", torch.tensor(EOS_CHARS, dtype=torch.long).view(-1), persistent=False)
+        self.register_buffer("bos_chars", torch.tensor(BOS_CHARS, dtype=torch.long).view(-1),
+                             persistent=False)
+        self.register_buffer("eos_chars", torch.tensor(EOS_CHARS, dtype=torch.long).view(-1),
+                             persistent=False)
 
     def get_output_dim(self) -> int:
         return self.options.proj_dim
@@ -302,16 +305,19 @@ class BiLm(nn.Module):
 
     def _forward(self, inputs: torch.Tensor, word_inputs: Optional[torch.Tensor]) -> Dict[str, object]:
         if inputs.dim() != 3 or inputs.size(-1) != self.options.max_chars:
-            raise ValueError(f"BiLm expects character ids of shape [batch, tokens, {self.options.max_chars}], "
+            raise ValueError("BiLm expects character ids of shape "
+                             f"[batch, tokens, {self.options.max_chars}], "
                              f"got {tuple(inputs.shape)}")
         embedded = None
         if self._word_embedding is not None and word_inputs is not None:
-            if word_inputs.numel() and (word_inputs.min() < 0 or word_inputs.max() >= self._word_embedding.size(0)):
+            vocab_size = self._word_embedding.size(0)
+            if word_inputs.numel() and (word_inputs.min() < 0 or word_inputs.max() >= vocab_size):
                 logger.warning("word_inputs holds ids outside the cached vocabulary; using the characters")
             else:
                 word_mask = word_inputs > 0
                 emb = self._word_embedding[word_inputs]
-                embedded, mask = add_sentence_boundaries(emb, word_mask, self._bos_embedding, self._eos_embedding)
+                embedded, mask = add_sentence_boundaries(emb, word_mask, self._bos_embedding,
+                                                         self._eos_embedding)
                 mask = mask.long()
         if embedded is None:
             enc = self._token_embedder(inputs)
@@ -404,7 +410,8 @@ class Elmo(nn.Module):
                 ) -> Dict[str, Union[torch.Tensor, List[torch.Tensor]]]:
         original_shape = inputs.size()
         if len(original_shape) < 3:
-            raise ValueError(f"Elmo expects character ids of shape [batch, tokens, 50], got {tuple(original_shape)}")
+            raise ValueError("Elmo expects character ids of shape [batch, tokens, 50], "
+                             f"got {tuple(original_shape)}")
         reshaped = inputs.reshape(-1, *original_shape[-2:]) if len(original_shape) > 3 else inputs
         original_word_size = None
         reshaped_words = word_inputs
@@ -426,7 +433,8 @@ class Elmo(nn.Module):
                 rep, rep_mask = remove_sentence_boundaries(rep, mask_bos)
             representations.append(self._dropout(rep))
         if not representations:
-            rep_mask = mask_bos if self._keep_sentence_boundaries else remove_sentence_boundaries(layers[0], mask_bos)[1]
+            rep_mask = (mask_bos if self._keep_sentence_boundaries
+                        else remove_sentence_boundaries(layers[0], mask_bos)[1])
         # leading dims restored; the time dim is T, or T + 2 with keep_sentence_boundaries
         if word_inputs is not None and len(original_word_size) > 2:
             shape = original_word_size[:-1] + rep_mask.shape[-1:]

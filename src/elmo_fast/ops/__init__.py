@@ -18,5 +18,5 @@ from .highway import highway
 from .lstm import lstm_layer
 from .scalar_mix import scalar_mix
 
-__all__ = ["OPS", "BackendUnavailable", "bilstm_layer", "char_cnn", "current_backend", "highway", "lstm_layer",
-           "record_backends", "scalar_mix", "use_backend"]
+__all__ = ["OPS", "BackendUnavailable", "bilstm_layer", "char_cnn", "current_backend", "highway",
+           "lstm_layer", "record_backends", "scalar_mix", "use_backend"]

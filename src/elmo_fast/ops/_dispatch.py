@@ -169,7 +169,8 @@ class Op:
                     why = b.reasons(inputs, True)
                     if why:
                         source = f"ELMO_FAST_BACKEND={forced}" if source == "ELMO_FAST_BACKEND" else source
-                        raise BackendUnavailable(f"{source} but {self.name} cannot run on it: " + "; ".join(why))
+                        raise BackendUnavailable(f"{source} but {self.name} cannot run on it: "
+                                                 + "; ".join(why))
                     return b
             # This op has no backend of that name: an op built from other ops passes the choice
             # on through its composite backend; any other op makes the automatic choice.

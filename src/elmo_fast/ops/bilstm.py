@@ -15,7 +15,8 @@ from .lstm import lstm_layer
 def _example(shapes, device, dtype):
     B, T, C, P = 4, 8, shapes["C"], shapes["P"]
     f = dict(device=device, dtype=dtype)
-    w = (torch.zeros(4 * C, P, **f), torch.zeros(4 * C, **f), torch.zeros(4 * C, P, **f), torch.zeros(P, C, **f))
+    w = (torch.zeros(4 * C, P, **f), torch.zeros(4 * C, **f), torch.zeros(4 * C, P, **f),
+         torch.zeros(P, C, **f))
     x = torch.zeros(B, T, P, **f)
     return dict(x=(x, x), weights=(w, w), lengths=torch.full((B,), T, dtype=torch.long, device=device),
                 h0=torch.zeros(B, 2 * P, **f), c0=torch.zeros(B, 2 * C, **f), cell_clip=3.0, proj_clip=3.0,

@@ -18,7 +18,8 @@ _op = register(
     Op(
         "char_cnn",
         [
-            Backend("triton", "elmo_fast.kernels.char_cnn:char_cnn_fwd", "elmo_fast.kernels.char_cnn:SUPPORT"),
+            Backend("triton", "elmo_fast.kernels.char_cnn:char_cnn_fwd",
+                    "elmo_fast.kernels.char_cnn:SUPPORT"),
             Backend("torch", "elmo_fast.reference.char_cnn:char_cnn_ref", REFERENCE),
         ],
         example=_example,

@@ -19,7 +19,8 @@ _op = register(
         "lstm_layer",
         [
             Backend("cuda", "elmo_fast.lstm_cuda:lstm_layer_cuda", "elmo_fast.lstm_cuda:SUPPORT"),
-            Backend("triton", "elmo_fast.kernels.lstm_step:lstm_layer_fwd", "elmo_fast.kernels.lstm_step:SUPPORT"),
+            Backend("triton", "elmo_fast.kernels.lstm_step:lstm_layer_fwd",
+                    "elmo_fast.kernels.lstm_step:SUPPORT"),
             Backend("torch", "elmo_fast.reference.lstm:lstm_layer_ref", REFERENCE),
         ],
         example=_example,

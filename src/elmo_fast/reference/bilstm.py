@@ -25,7 +25,8 @@ from .lstm import lstm_layer_ref
 
 # one direction's recurrence problem: (xproj, w_hh, w_p, lengths, h0, c0, reverse)
 Problem = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, bool]
-Recurrence = Callable[[Sequence[Problem], Optional[float], Optional[float]], List[Tuple[Tensor, Tensor, Tensor]]]
+Recurrence = Callable[[Sequence[Problem], Optional[float], Optional[float]],
+                      List[Tuple[Tensor, Tensor, Tensor]]]
 
 
 def each_direction(lstm_layer: Callable) -> Recurrence:
@@ -97,7 +98,8 @@ def bilstm_layer_ref(
         for d, (a, b) in enumerate(spans):
             w_ih, bias, w_hh, w_p = weights[d]
             local = (lengths - a).clamp(0, b - a)
-            problems.append((project(x[d][:, a:b], real[:, a:b], w_ih, bias), w_hh, w_p, local, h[d], c[d], d == 1))
+            xproj = project(x[d][:, a:b], real[:, a:b], w_ih, bias)
+            problems.append((xproj, w_hh, w_p, local, h[d], c[d], d == 1))
         results = run(problems, cell_clip, proj_clip)
         for d, ((a, b), (out, h[d], c[d])) in enumerate(zip(spans, results)):
             if a == 0 and b == T:
