@@ -14,7 +14,7 @@ are checked against.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -269,9 +269,3 @@ def chunk_len(bytes_per_item: int, budget: Optional[int] = None) -> int:
     budget = _config.workspace_bytes() if budget is None else budget
     return max(1, int(budget) // max(1, int(bytes_per_item)))
 
-
-def pair(value: Any) -> Tuple[Any, Any]:
-    """(forward, backward) from a pair or one value used for both."""
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return value[0], value[1]
-    return value, value
