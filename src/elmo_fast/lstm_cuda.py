@@ -247,7 +247,7 @@ def _device_and_extension(inputs: Dict[str, Any], sizes: Dict[str, int]) -> List
 
 SUPPORT = Support(devices=frozenset({"cuda"}), dtype_of="xproj", rule=lstm_sizes, limits={"P": MAX_P},
                   extra=_device_and_extension)
-BILSTM_SUPPORT = Support(devices=frozenset({"cuda"}), rule=bilstm_sizes, limits={"P": MAX_P},
+BILSTM_SUPPORT = Support(devices=frozenset({"cuda"}), dtype_of="x", rule=bilstm_sizes, limits={"P": MAX_P},
                          extra=_device_and_extension)
 
 

@@ -171,6 +171,16 @@ class BiLm(nn.Module):
     backend: None (the current choice, see `elmo_fast.ops.use_backend`) or 'auto' | 'cuda' |
     'triton' | 'torch' for every op this module runs. time_chunk: time steps whose LSTM input
     projections exist at once (None: from the workspace budget; see `ops.bilstm_layer`).
+
+    Memory of one batch, whatever its longest sentence: with N = B * (T + 2) token slots, s bytes
+    per element, projection P, L LSTM layers and W the workspace budget (ELMO_FAST_WORKSPACE_MB,
+    default 1 GiB), the peak is about
+        N * s * (2P * (L + 1) + 3P) + W
+    the activations returned (L + 1 layers of 2P), each layer's two direction outputs while the next
+    layer reads them, and the token embeddings; the input projections (B * 4C * s per time step and
+    direction) exist `time_chunk` steps at a time and the char CNN's intermediates `token_chunk`
+    tokens at a time, each within W. Original model, fp32: 18 KB per token slot + W (the unchunked
+    input projections alone were 64 KB per token per layer and direction).
     """
 
     time_chunk: Optional[int] = None
