@@ -183,7 +183,7 @@ class Op:
         raise BackendUnavailable(f"no backend can run {self.name}: {self.explain(**inputs)}")
 
     def __call__(self, backend: Optional[str] = None, **inputs):
-        chosen = self.select(backend, **inputs)
+        chosen = self.select(backend=backend, **inputs)
         # record_backends observes eager calls only (a compiled graph has no per-call choice)
         for seen in (() if torch.compiler.is_compiling() else _RECORDERS.get()):
             seen[self.name] = chosen.name
