@@ -63,7 +63,8 @@ class NvccBuildExt(build_ext):
         except Exception as exc:  # optional: a failed build must not fail the install
             if mode == "1":
                 raise
-            warnings.warn(f"elmo_fast: building the CUDA LSTM extension failed; continuing without it.\n{exc}")
+            warnings.warn("elmo_fast: building the CUDA LSTM extension failed; continuing without it.\n"
+                          f"{exc}")
 
 
 setup(
@@ -72,6 +73,7 @@ setup(
     # the registry's 'tiny' model (bilm-tf's test fixture, Apache-2.0; see its NOTICE.md)
     package_data={"elmo_fast": ["data/tiny/options.json", "data/tiny/weights.hdf5", "data/tiny/NOTICE.md"]},
     # sources listed for sdists; NvccBuildExt compiles them itself
-    ext_modules=[Extension("elmo_fast._lstm_cuda", sources=[f"csrc/{n}" for n in CSRC_FILES[:1]] + ["csrc/module.cpp"])],
+    ext_modules=[Extension("elmo_fast._lstm_cuda",
+                           sources=[f"csrc/{n}" for n in CSRC_FILES[:1]] + ["csrc/module.cpp"])],
     cmdclass={"build_ext": NvccBuildExt, "build_py": BuildPyWithSources},
 )

@@ -25,17 +25,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = pathlib.Path(os.environ.get("ELMO_FAST_FIXTURES", ROOT.parent / "shared" / "fixtures" / "elmo"))
 STANDARD_FILTERS = [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
-E_STD, L, PAD = 16, 50, 261
-BOW, EOW, BOS, EOS = 259, 260, 257, 258  # allennlp ids + 1
+E_STD, L = 16, 50
 
 
 # ---- tokens ---------------------------------------------------------------------------------
-
-def word_ids(word: str) -> list:
-    body = [BOS] if word == "<S>" else [EOS] if word == "</S>" else [b + 1 for b in word.encode()[:L - 2]]
-    ids = [BOW] + body + [EOW]
-    return ids + [PAD] * (L - len(ids))
-
 
 def corpus_words(seed: int):
     """(list of sentences as word lists, description of the source)."""
@@ -70,7 +63,9 @@ def sample_chars(n: int, sents, seed: int = 0):
         words += ["<S>"] + rng.choice(sents) + ["</S>"]
     words = words[:n]
     table = {w: i for i, w in enumerate(dict.fromkeys(words))}
-    rows = torch.tensor([word_ids(w) for w in table], dtype=torch.long)
+    from elmo_fast.chars import tokens_to_char_ids
+
+    rows = torch.as_tensor(tokens_to_char_ids(list(table)))
     return rows[torch.tensor([table[w] for w in words])]
 
 

@@ -92,7 +92,8 @@ def build(out_path: Path, build_dir: Path, archs: Optional[Sequence[str]] = None
         log(" ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"nvcc failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+            raise RuntimeError(f"nvcc failed ({proc.returncode}): {' '.join(cmd)}\n"
+                               f"{proc.stdout}{proc.stderr}")
         return proc.stdout + proc.stderr
 
     with ThreadPoolExecutor(2) as pool:

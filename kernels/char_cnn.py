@@ -18,18 +18,18 @@ and are computed in full, exactly as the reference does; arbitrary ids stay exac
 from __future__ import annotations
 
 import weakref
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from elmo_fast.ops._dispatch import device_reasons
+from elmo_fast._support import ACTIVATIONS, Support, char_cnn_sizes
+from elmo_fast.chars import PADDING_ID as PAD_ID
+from elmo_fast.kernels._common import dot, dot_mode, tanh
 
-PAD_ID = 261  # allennlp's padding character 260, stored +1 (0 means a masked token)
 MAX_WIDTH = 16
 MAX_EMBED_DIM = 64
-ACTIVATIONS = {"relu": 0, "tanh": 1}
 
 
 @triton.jit
@@ -40,7 +40,7 @@ def _char_cnn_fwd_kernel(
     stride_wj, stride_we, stride_on,
     L: tl.constexpr, LP: tl.constexpr, EP: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr,
-    ACT: tl.constexpr, USE_PAD_TRICK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    ACT: tl.constexpr, USE_PAD_TRICK: tl.constexpr, DOT: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     pid_f = tl.program_id(1)
@@ -81,12 +81,7 @@ def _char_cnn_fwd_kernel(
                         mask=t_mask[:, None] & e_mask[None, :], other=0.0)
             b = tl.load(w_ptr + j * stride_wj + offs_e[:, None] * stride_we + cols[None, :],
                         mask=e_mask[:, None] & n_mask[None, :], other=0.0)
-            if UPCAST:  # the interpreter's tl.dot mishandles bf16 operands: multiply in fp32
-                acc += tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-            elif IEEE:
-                acc += tl.dot(a, b, input_precision="ieee")
-            else:
-                acc += tl.dot(a, b)
+            acc += dot(a, b, DOT)
         valid = p < n_real
         best = tl.maximum(best, tl.where(valid[:, None], acc, float("-inf")))
 
@@ -100,10 +95,7 @@ def _char_cnn_fwd_kernel(
     if ACT == 0:
         y = tl.maximum(y, 0.0)
     else:
-        # tanh(y) = sign(y) (1 - e^{-2|y|}) / (1 + e^{-2|y|}), no overflow for large |y|
-        z = tl.exp(-2.0 * tl.abs(y))
-        th = (1.0 - z) / (1.0 + z)
-        y = tl.where(y < 0, -th, th)
+        y = tanh(y)
     out_ptrs = out_ptr + offs_t.to(tl.int64)[:, None] * stride_on + cols[None, :]
     tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=t_mask[:, None] & n_mask[None, :])
 
@@ -165,7 +157,7 @@ def _pack(char_embed: torch.Tensor, conv_weights: Sequence[torch.Tensor],
     return entry
 
 
-def _config(device: torch.device, dtype: torch.dtype) -> Dict[str, int]:
+def _block_config(device: torch.device, dtype: torch.dtype) -> Dict[str, int]:
     if device.type != "cuda":  # interpreter: big blocks mean fewer interpreted steps
         return dict(BLOCK_T=32, BLOCK_N=256, num_warps=4)
     if dtype == torch.float32:
@@ -179,12 +171,11 @@ def _launch_config(device: torch.device, dtype: torch.dtype, L: int, E: int, act
     """The constexpr meta-parameters and launch options `char_cnn_fwd` passes to the kernel for
     characters of length L and an E-wide embedding of `dtype` on `device` (use_pad_trick: whether
     the kernel really uses the trick, i.e. the vocabulary holds the padding char)."""
-    cfg = _config(device, dtype)
+    cfg = _block_config(device, dtype)
     return dict(
         L=L, LP=triton.next_power_of_2(L), EP=max(16, triton.next_power_of_2(E)),
         BLOCK_T=block_t or cfg["BLOCK_T"], BLOCK_N=block_n or cfg["BLOCK_N"], ACT=ACTIVATIONS[activation],
-        USE_PAD_TRICK=use_pad_trick, IEEE=dtype == torch.float32,
-        UPCAST=device.type != "cuda" and dtype != torch.float32, num_warps=cfg["num_warps"],
+        USE_PAD_TRICK=use_pad_trick, DOT=dot_mode(device, dtype), num_warps=cfg["num_warps"],
     )
 
 
@@ -226,35 +217,6 @@ def char_cnn_fwd(chars: torch.Tensor, char_embed: torch.Tensor, conv_weights: Se
     return out
 
 
-def not_supported_reasons(inputs: Dict[str, Any], forced: bool) -> List[str]:
-    """Why the fused Triton encoder cannot run this call (empty list: it can)."""
-    why = device_reasons(inputs, forced, allow_interpreter=True)
-    chars, emb = inputs.get("chars"), inputs.get("char_embed")
-    weights, biases = list(inputs.get("conv_weights") or []), list(inputs.get("conv_biases") or [])
-    if not isinstance(chars, torch.Tensor) or chars.dim() != 2:
-        return why + ["chars must be a 2-d tensor [N, L]"]
-    if chars.dtype not in (torch.int64, torch.int32, torch.int16):
-        why.append(f"chars dtype {chars.dtype} is not an integer type")
-    if not isinstance(emb, torch.Tensor) or emb.dim() != 2:
-        return why + ["char_embed must be a 2-d tensor [V, E]"]
-    if emb.dtype not in (torch.float32, torch.bfloat16):
-        why.append(f"char_embed dtype {emb.dtype} is not float32 or bfloat16")
-    E = emb.shape[1]
-    if E > MAX_EMBED_DIM:
-        why.append(f"char embedding dim {E} > {MAX_EMBED_DIM}")
-    if not weights or len(weights) != len(biases):
-        why.append("need one bias per convolution and at least one convolution")
-    L = chars.shape[1]
-    for k, (w, b) in enumerate(zip(weights, biases)):
-        if w.dim() != 3 or w.shape[1] != E:
-            why.append(f"conv_weights[{k}] shape {tuple(w.shape)} is not [w, {E}, n]")
-            continue
-        if not 1 <= w.shape[0] <= min(MAX_WIDTH, L):
-            why.append(f"conv_weights[{k}] width {w.shape[0]} outside 1..{min(MAX_WIDTH, L)}")
-        if b.shape != (w.shape[2],):
-            why.append(f"conv_biases[{k}] shape {tuple(b.shape)} != ({w.shape[2]},)")
-        if w.dtype != emb.dtype:
-            why.append(f"conv_weights[{k}] dtype {w.dtype} != char_embed dtype {emb.dtype}")
-    if inputs.get("activation", "relu") not in ACTIVATIONS:
-        why.append(f"activation {inputs.get('activation')!r} not in {tuple(ACTIVATIONS)}")
-    return why
+SUPPORT = Support(devices=frozenset({"cuda"}), interpreter=True, dtype_of="char_embed", rule=char_cnn_sizes,
+                  limits={"E": MAX_EMBED_DIM, "width": MAX_WIDTH})
+not_supported_reasons = SUPPORT.not_supported_reasons  # (inputs, forced) -> reasons, for callers and tests

@@ -10,13 +10,14 @@ Triton GEMM for one [N, D] x [D, P] product.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from elmo_fast.ops._dispatch import device_reasons
+from elmo_fast._support import Support, highway_sizes
+from elmo_fast.kernels._common import dot, dot_mode, sigmoid
 
 
 @triton.jit
@@ -25,7 +26,7 @@ def _highway_fwd_kernel(
     M, D,
     stride_xm, stride_xk, stride_wk, stride_wn, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    GROUP_M: tl.constexpr, DOT: tl.constexpr,
 ):
     # grouped tile order: neighbouring programs share x rows and weight columns in L2
     pid = tl.program_id(0)
@@ -53,29 +54,21 @@ def _highway_fwd_kernel(
         w_mask = k_mask[:, None] & n_mask[None, :]
         wc = tl.load(wc_ptr + w_off, mask=w_mask, other=0.0)
         wt = tl.load(wt_ptr + w_off, mask=w_mask, other=0.0)
-        if UPCAST:  # the interpreter's tl.dot mishandles bf16 operands: multiply in fp32
-            a32 = a.to(tl.float32)
-            acc_c += tl.dot(a32, wc.to(tl.float32), input_precision="ieee")
-            acc_t += tl.dot(a32, wt.to(tl.float32), input_precision="ieee")
-        elif IEEE:
-            acc_c += tl.dot(a, wc, input_precision="ieee")
-            acc_t += tl.dot(a, wt, input_precision="ieee")
-        else:
-            acc_c += tl.dot(a, wc)
-            acc_t += tl.dot(a, wt)
+        acc_c += dot(a, wc, DOT)
+        acc_t += dot(a, wt, DOT)
 
     out_mask = m_mask[:, None] & n_mask[None, :]
     bc = tl.load(bc_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     bt = tl.load(bt_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + rows[:, None] + offs_n[None, :] * stride_xk, mask=out_mask, other=0.0).to(tl.float32)
-    gate = tl.sigmoid(acc_c + bc[None, :])
+    gate = sigmoid(acc_c + bc[None, :])
     transform = tl.maximum(acc_t + bt[None, :], 0.0)
     y = gate * transform + (1.0 - gate) * x
     tl.store(y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :],
              y.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
-def _config(device: torch.device, dtype: torch.dtype) -> Dict[str, int]:
+def _block_config(device: torch.device, dtype: torch.dtype) -> Dict[str, int]:
     if device.type != "cuda":  # interpreter: few, large steps
         return dict(BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, GROUP_M=4, num_warps=4, num_stages=1)
     if dtype == torch.float32:
@@ -86,8 +79,7 @@ def _config(device: torch.device, dtype: torch.dtype) -> Dict[str, int]:
 
 def _launch_config(device: torch.device, dtype: torch.dtype) -> Dict[str, Any]:
     """The constexpr meta-parameters and launch options `highway_layer_fwd` passes to the kernel."""
-    return dict(_config(device, dtype), IEEE=dtype == torch.float32,
-                UPCAST=device.type != "cuda" and dtype != torch.float32)
+    return dict(_block_config(device, dtype), DOT=dot_mode(device, dtype))
 
 
 def highway_layer_fwd(x: torch.Tensor, w_carry: torch.Tensor, b_carry: torch.Tensor,
@@ -123,30 +115,5 @@ def highway_fwd(x: torch.Tensor, layers: Sequence[Tuple[torch.Tensor, ...]], w_p
     return torch.addmm(b_proj, x, w_proj)
 
 
-def not_supported_reasons(inputs: Dict[str, Any], forced: bool) -> List[str]:
-    """Why the Triton highway cannot run this call (empty list: it can)."""
-    why = device_reasons(inputs, forced, allow_interpreter=True)
-    x = inputs.get("x")
-    if not isinstance(x, torch.Tensor) or x.dim() != 2:
-        return why + ["x must be a 2-d tensor [N, D]"]
-    if x.dtype not in (torch.float32, torch.bfloat16):
-        why.append(f"x dtype {x.dtype} is not float32 or bfloat16")
-    D = x.shape[1]
-    for i, layer in enumerate(inputs.get("layers") or []):
-        if len(layer) != 4:
-            why.append(f"layers[{i}] has {len(layer)} tensors, not 4")
-            continue
-        wc, bc, wt, bt = layer
-        if wc.shape != (D, D) or wt.shape != (D, D) or bc.shape != (D,) or bt.shape != (D,):
-            why.append(f"layers[{i}] shapes do not match D={D}")
-        if any(t.dtype != x.dtype for t in layer):
-            why.append(f"layers[{i}] dtypes differ from x dtype {x.dtype}")
-    w_proj, b_proj = inputs.get("w_proj"), inputs.get("b_proj")
-    if isinstance(w_proj, torch.Tensor) and (w_proj.dim() != 2 or w_proj.shape[0] != D):
-        why.append(f"w_proj shape {tuple(w_proj.shape)} is not [{D}, P]")
-    if isinstance(w_proj, torch.Tensor) and w_proj.dtype != x.dtype:
-        why.append(f"w_proj dtype {w_proj.dtype} != x dtype {x.dtype}")
-    if (isinstance(b_proj, torch.Tensor) and isinstance(w_proj, torch.Tensor)
-            and b_proj.shape != w_proj.shape[-1:]):
-        why.append(f"b_proj shape {tuple(b_proj.shape)} != ({w_proj.shape[-1]},)")
-    return why
+SUPPORT = Support(devices=frozenset({"cuda"}), interpreter=True, dtype_of="x", rule=highway_sizes)
+not_supported_reasons = SUPPORT.not_supported_reasons  # (inputs, forced) -> reasons, for callers and tests

@@ -5,7 +5,7 @@ _lstm_gates_kernel  gates = xproj[:, pos] + h @ w_hh^T for a [BLOCK_B x BLOCK_C]
                     m = sig(o) tanh(c); c updated in place for active rows only
 _lstm_proj_kernel   h = clip(m @ w_p^T), written to the state and to out[b, pos] for active rows;
                     rows past their length write out[b, s] = 0 and keep their state
-lstm_layer_triton   the launcher with the op's signature (see lstm_layer_ref)
+lstm_layer_fwd      the launcher with the op's signature (see lstm_layer_ref)
 
 Precision: fp32 inputs run fp32 dots (input_precision="ieee", not tf32). bf16 inputs run bf16 x bf16
 dots with fp32 accumulation; the state h, c stays fp32 (h is rounded to bf16 only as a dot operand).
@@ -14,21 +14,14 @@ the interpreter's own bf16 dot is wrong in triton 3.9).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _tanh(x):
-    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+from elmo_fast._support import Support, lstm_sizes
+from elmo_fast.kernels._common import dot, dot_mode, sigmoid, tanh
 
 
 @triton.jit
@@ -53,7 +46,7 @@ def _lstm_gates_kernel(
     s, B, T, C, P,
     stride_xb, stride_xt,
     cell_clip,
-    HAS_CELL_CLIP: tl.constexpr, REVERSE: tl.constexpr, LOWP: tl.constexpr, BF16_DOT: tl.constexpr,
+    HAS_CELL_CLIP: tl.constexpr, REVERSE: tl.constexpr, DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rb, bmask, L, active, pos = _step_rows(len_ptr, s, B, T, REVERSE, BLOCK_B)
@@ -75,23 +68,11 @@ def _lstm_gates_kernel(
         w_f = tl.load(w_base + 1 * C * P, mask=wmask, other=0.0)
         w_g = tl.load(w_base + 2 * C * P, mask=wmask, other=0.0)
         w_o = tl.load(w_base + 3 * C * P, mask=wmask, other=0.0)
-        if LOWP and BF16_DOT:
-            hl = h.to(tl.bfloat16)
-            acc_i += tl.dot(hl, w_i)
-            acc_f += tl.dot(hl, w_f)
-            acc_g += tl.dot(hl, w_g)
-            acc_o += tl.dot(hl, w_o)
-        elif LOWP:  # the same products, exact in fp32 (bf16 x bf16 fits fp32's mantissa)
-            hl = h.to(tl.bfloat16).to(tl.float32)
-            acc_i += tl.dot(hl, w_i.to(tl.float32), input_precision="ieee")
-            acc_f += tl.dot(hl, w_f.to(tl.float32), input_precision="ieee")
-            acc_g += tl.dot(hl, w_g.to(tl.float32), input_precision="ieee")
-            acc_o += tl.dot(hl, w_o.to(tl.float32), input_precision="ieee")
-        else:
-            acc_i += tl.dot(h, w_i, input_precision="ieee")
-            acc_f += tl.dot(h, w_f, input_precision="ieee")
-            acc_g += tl.dot(h, w_g, input_precision="ieee")
-            acc_o += tl.dot(h, w_o, input_precision="ieee")
+        # bf16 weights: h is rounded to bf16 as the dot operand (the state itself stays fp32)
+        acc_i += dot(h, w_i, DOT)
+        acc_f += dot(h, w_f, DOT)
+        acc_g += dot(h, w_g, DOT)
+        acc_o += dot(h, w_o, DOT)
 
     amask = active[:, None] & cmask[None, :]
     x_base = xproj_ptr + rb[:, None] * stride_xb + pos[:, None] * stride_xt + rc[None, :]
@@ -101,11 +82,11 @@ def _lstm_gates_kernel(
     x_o = tl.load(x_base + 3 * C, mask=amask, other=0.0).to(tl.float32)
     c_ptrs = c_ptr + rb[:, None] * C + rc[None, :]
     c_old = tl.load(c_ptrs, mask=amask, other=0.0)
-    c_new = _sigmoid(acc_f + x_f) * c_old + _sigmoid(acc_i + x_i) * _tanh(acc_g + x_g)
+    c_new = sigmoid(acc_f + x_f) * c_old + sigmoid(acc_i + x_i) * tanh(acc_g + x_g)
     if HAS_CELL_CLIP:
         c_new = tl.minimum(tl.maximum(c_new, -cell_clip), cell_clip)
     tl.store(c_ptrs, c_new, mask=amask)
-    m = _sigmoid(acc_o + x_o) * _tanh(c_new)
+    m = sigmoid(acc_o + x_o) * tanh(c_new)
     tl.store(m_ptr + rb[:, None] * C + rc[None, :], m, mask=amask)
 
 
@@ -114,7 +95,7 @@ def _lstm_proj_kernel(
     m_ptr, wp_ptr, h_ptr, out_ptr, len_ptr,
     s, B, T, C, P,
     proj_clip,
-    HAS_PROJ_CLIP: tl.constexpr, REVERSE: tl.constexpr, LOWP: tl.constexpr, BF16_DOT: tl.constexpr,
+    HAS_PROJ_CLIP: tl.constexpr, REVERSE: tl.constexpr, DOT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rb, bmask, L, active, pos = _step_rows(len_ptr, s, B, T, REVERSE, BLOCK_B)
@@ -129,12 +110,7 @@ def _lstm_proj_kernel(
         m = tl.load(m_ptr + rb[:, None] * C + rk[None, :], mask=active[:, None] & kmask[None, :], other=0.0)
         # w_p is [P, C]: the tile [BLOCK_K, BLOCK_P] is w_p[rp, rk]^T
         w = tl.load(wp_ptr + rp[None, :] * C + rk[:, None], mask=kmask[:, None] & pmask[None, :], other=0.0)
-        if LOWP and BF16_DOT:
-            acc += tl.dot(m.to(tl.bfloat16), w)
-        elif LOWP:
-            acc += tl.dot(m.to(tl.bfloat16).to(tl.float32), w.to(tl.float32), input_precision="ieee")
-        else:
-            acc += tl.dot(m, w, input_precision="ieee")
+        acc += dot(m, w, DOT)
     if HAS_PROJ_CLIP:
         acc = tl.minimum(tl.maximum(acc, -proj_clip), proj_clip)
 
@@ -154,24 +130,21 @@ def _pow2(n: int, lo: int, hi: int) -> int:
 def _launch_config(device: torch.device, dtype: torch.dtype, B: int, C: int, P: int,
                    cell_clip: Optional[float], proj_clip: Optional[float],
                    reverse: bool) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """The constexpr meta-parameters `lstm_layer_triton` passes to the gates and projection kernels."""
-    lowp = dtype == torch.bfloat16
-    # the interpreter (triton 3.9) computes bf16 x bf16 tl.dot wrongly: there the same products
-    # go through an fp32 dot of the bf16-rounded operands (identical math)
-    bf16_dot = device.type == "cuda"
+    """The constexpr meta-parameters `lstm_layer_fwd` passes to the gates and projection kernels."""
+    mode = dot_mode(device, dtype)
     block_b = _pow2(B, 16, 64)
     block_c, block_k = _pow2(C, 16, 64), _pow2(P, 16, 64)
-    gates = dict(HAS_CELL_CLIP=cell_clip is not None, REVERSE=bool(reverse), LOWP=lowp, BF16_DOT=bf16_dot,
+    gates = dict(HAS_CELL_CLIP=cell_clip is not None, REVERSE=bool(reverse), DOT=mode,
                  BLOCK_B=block_b, BLOCK_C=block_c, BLOCK_K=block_k,
                  # four [64, 64] fp32 accumulators: with 4 warps ptxas spills ~37 KB per thread (fp32)
                  # for sm_90 (tests/test_triton_compile.py); 8 warps hold them in registers
                  num_warps=8 if block_b * block_c >= 64 * 64 else 4)
-    proj = dict(HAS_PROJ_CLIP=proj_clip is not None, REVERSE=bool(reverse), LOWP=lowp, BF16_DOT=bf16_dot,
+    proj = dict(HAS_PROJ_CLIP=proj_clip is not None, REVERSE=bool(reverse), DOT=mode,
                 BLOCK_B=block_b, BLOCK_P=_pow2(P, 16, 64), BLOCK_K=_pow2(C, 16, 64))
     return gates, proj
 
 
-def lstm_layer_triton(
+def lstm_layer_fwd(
     xproj: torch.Tensor, w_hh: torch.Tensor, w_p: torch.Tensor, lengths: torch.Tensor,
     h0: torch.Tensor, c0: torch.Tensor,
     cell_clip: Optional[float] = None, proj_clip: Optional[float] = None, reverse: bool = False,
@@ -209,27 +182,5 @@ def lstm_layer_triton(
     return out, h.to(h0.dtype), c.to(c0.dtype)
 
 
-def not_supported_reasons(inputs: Dict[str, Any], forced: bool) -> List[str]:
-    """Why the Triton step kernels cannot run this call ([] = they can)."""
-    from elmo_fast.ops._dispatch import device_reasons
-
-    reasons = list(device_reasons(inputs, forced, allow_interpreter=True))
-    xproj, w_hh, w_p = inputs.get("xproj"), inputs.get("w_hh"), inputs.get("w_p")
-    h0, c0, lengths = inputs.get("h0"), inputs.get("c0"), inputs.get("lengths")
-    if not all(isinstance(t, torch.Tensor) for t in (xproj, w_hh, w_p, h0, c0, lengths)):
-        return reasons + ["xproj, w_hh, w_p, lengths, h0, c0 must all be tensors"]
-    if xproj.dtype not in (torch.float32, torch.bfloat16):
-        reasons.append(f"xproj dtype {xproj.dtype} (float32 or bfloat16 only)")
-    if w_hh.dtype != xproj.dtype or w_p.dtype != xproj.dtype:
-        reasons.append(f"w_hh/w_p dtypes {w_hh.dtype}/{w_p.dtype} differ from xproj's {xproj.dtype}")
-    if lengths.dtype not in (torch.int32, torch.int64):
-        reasons.append(f"lengths dtype {lengths.dtype} (int32 or int64 only)")
-    if xproj.dim() != 3 or xproj.shape[-1] % 4 or w_hh.dim() != 2 or w_p.dim() != 2:
-        reasons.append("expected xproj [B, T, 4C], w_hh [4C, P], w_p [P, C]")
-    else:
-        B, T, G = xproj.shape
-        C, P = G // 4, w_hh.shape[1]
-        if (tuple(w_hh.shape) != (4 * C, P) or tuple(w_p.shape) != (P, C) or tuple(h0.shape) != (B, P)
-                or tuple(c0.shape) != (B, C) or tuple(lengths.shape) != (B,)):
-            reasons.append("shapes disagree: need w_hh [4C, P], w_p [P, C], lengths [B], h0 [B, P], c0 [B, C]")
-    return reasons
+SUPPORT = Support(devices=frozenset({"cuda"}), interpreter=True, dtype_of="xproj", rule=lstm_sizes)
+not_supported_reasons = SUPPORT.not_supported_reasons  # (inputs, forced) -> reasons, for callers and tests

@@ -13,8 +13,10 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from elmo_fast import _config  # noqa: E402  (after TRITON_INTERPRET is set)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = pathlib.Path(os.environ.get("ELMO_FAST_FIXTURES", ROOT.parent / "shared" / "fixtures" / "elmo"))
+FIXTURES = pathlib.Path(_config.fixtures_dir(ROOT.parent / "shared" / "fixtures" / "elmo"))
 
 
 def pytest_addoption(parser):

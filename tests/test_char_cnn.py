@@ -144,9 +144,9 @@ def test_pack_cache(device):
     chars = make_chars(5).to(device)
     emb, ws, bs = make_params(FIXTURE_FILTERS, 4, device=device)
     k.char_cnn_fwd(chars, emb, ws, bs)
-    entry = k._pack(emb, ws, bs, k._config(emb.device, emb.dtype)["BLOCK_N"], True)
+    entry = k._pack(emb, ws, bs, k._block_config(emb.device, emb.dtype)["BLOCK_N"], True)
     k.char_cnn_fwd(chars, emb, ws, bs)
-    assert k._pack(emb, ws, bs, k._config(emb.device, emb.dtype)["BLOCK_N"], True) is entry
+    assert k._pack(emb, ws, bs, k._block_config(emb.device, emb.dtype)["BLOCK_N"], True) is entry
     with torch.no_grad():
         ws[2].mul_(2.0)
     check(k.char_cnn_fwd(chars, emb, ws, bs), chars, emb, ws, bs, "relu", msg="after in-place update")

@@ -195,7 +195,8 @@ def test_embed_errors_exit_2_cleanly(capsys, tiny_model, tmp_path, case, message
             *model_args(tiny_model), "--no-progress"]
     if case == "bad-weights":
         argv += ["--model", _bad_weights(tmp_path, tiny_model)]
-    argv += {"missing-model": ["--model", tmp_path / "nomodel"], "unknown-model": ["--model", "no-such-model"],
+    argv += {"missing-model": ["--model", tmp_path / "nomodel"],
+             "unknown-model": ["--model", "no-such-model"],
              "duplicate-keys": ["--use-sentence-keys"], "missing-gpu": ["--device", "cuda:0"],
              "batch-size": ["--batch-size", "0"]}.get(case, [])
     before = sorted(os.listdir(tmp_path))
@@ -216,7 +217,8 @@ def test_usage_errors(capsys, corpus, tmp_path):
     assert rc == 2 and "one of the arguments --all --top --average is required" in err
     rc, _, err = run(capsys, "embed", corpus, tmp_path / "o.hdf5", "--all", "--top")
     assert rc == 2 and "not allowed with" in err
-    rc, _, err = run(capsys, "embed", corpus, tmp_path / "o.hdf5", "--all", "--device", "cpu", "--cuda-device", "0")
+    rc, _, err = run(capsys, "embed", corpus, tmp_path / "o.hdf5", "--all", "--device", "cpu",
+                     "--cuda-device", "0")
     assert rc == 2 and "not allowed with" in err
     assert run(capsys, "--help")[0] == 0
     rc, out, _ = run(capsys, "--version")
@@ -286,7 +288,8 @@ def test_bench_missing_is_a_clear_error(capsys, monkeypatch, tiny_model, corpus,
 
 # ---------------------------------------------------------------------------------------- script
 def test_installed_entry_point(tiny_model, corpus, tmp_path):
-    exe = shutil.which("elmo-fast", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("elmo-fast")
+    exe = (shutil.which("elmo-fast", path=str(pathlib.Path(sys.executable).parent))
+           or shutil.which("elmo-fast"))
     if exe is None:
         pytest.skip("the elmo-fast script is not installed (pip install -e .)")
     out = tmp_path / "out.hdf5"

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from elmo_fast import _config
+from elmo_fast._support import REFERENCE
 from elmo_fast.ops import OPS, BackendUnavailable, lstm_layer
 from elmo_fast.ops._dispatch import Backend, Op
 
@@ -16,7 +17,7 @@ def _lstm_inputs(requires_grad=False):
 
 def test_every_op_falls_back_to_torch_on_cpu(monkeypatch):
     monkeypatch.setenv("ELMO_FAST_BACKEND", "auto")
-    assert set(OPS) == {"char_cnn", "highway", "lstm_layer", "scalar_mix"}
+    assert set(OPS) == {"char_cnn", "highway", "lstm_layer", "bilstm_layer", "scalar_mix"}
     assert OPS["lstm_layer"].select(**_lstm_inputs()).name == "torch"
     explained = dict(OPS["lstm_layer"].explain(**_lstm_inputs()))
     assert explained["torch"] == []
@@ -44,7 +45,7 @@ def test_forced_backend_missing_for_an_op_falls_back(monkeypatch):
 
 def test_grad_requires_the_torch_backend(monkeypatch):
     op = Op("probe", [Backend("fast", "elmo_fast.reference.lstm:lstm_layer_ref"),
-                      Backend("torch", "elmo_fast.reference.lstm:lstm_layer_ref")])
+                      Backend("torch", "elmo_fast.reference.lstm:lstm_layer_ref", REFERENCE)])
     assert op.select(**_lstm_inputs()).name == "fast"
     assert op.select(**_lstm_inputs(requires_grad=True)).name == "torch"
     with torch.no_grad():

@@ -59,9 +59,11 @@ def test_read_sentences_path_text_and_binary_files(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    pytest.param(b"a b\n\nc\n   \nd\n", r"empty lines at indexes \[1, 3\] \(line numbers \[2, 4\]\)", id="empty-lines"),
+    pytest.param(b"a b\n\nc\n   \nd\n", r"empty lines at indexes \[1, 3\] \(line numbers \[2, 4\]\)",
+                 id="empty-lines"),
     pytest.param(b"", "no sentences", id="empty-file"),
-    pytest.param(b"ok line\nfine\nbad \xff\xfe byte\n", r"line 3 \(index 2\) is not valid UTF-8.*must be UTF-8",
+    pytest.param(b"ok line\nfine\nbad \xff\xfe byte\n",
+                 r"line 3 \(index 2\) is not valid UTF-8.*must be UTF-8",
                  id="bad-utf8"),
     pytest.param(b"x\n\xc3", r"line 2 \(index 1\) is not valid UTF-8", id="truncated-utf8"),
 ])
@@ -94,7 +96,8 @@ def test_corpus_batches():
 def test_formats_shapes_keys_and_index(tiny_model, tmp_path, fmt):
     emb = embedder(tiny_model)
     out = tmp_path / "out.hdf5"
-    emb.embed_file(str(write_lines(tmp_path / "in.txt", SENTENCES)), str(out), fmt, batch_size=3, progress=False)
+    emb.embed_file(str(write_lines(tmp_path / "in.txt", SENTENCES)), str(out), fmt, batch_size=3,
+                   progress=False)
     data, index = read_h5(out)
     assert sorted(data, key=int) == [str(i) for i in range(len(SENTENCES))]
     ref = list(embedder(tiny_model).embed_sentences([s.split() for s in SENTENCES], 3))
@@ -211,7 +214,8 @@ def test_streams_one_batch_at_a_time(tiny_model, tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(h5py.Group, "create_dataset", create)
     monkeypatch.setattr(emb, "embed_batch", batch)
-    emb.embed_file(write_lines(tmp_path / "in.txt", SENTENCES), tmp_path / "o.hdf5", batch_size=3, progress=False)
+    emb.embed_file(write_lines(tmp_path / "in.txt", SENTENCES), tmp_path / "o.hdf5", batch_size=3,
+                   progress=False)
     assert seen == [0, 3, 6]
 
 

@@ -9,31 +9,24 @@ import importlib.util
 import pytest
 import torch
 
-from elmo_fast import lstm_cuda
+from _lstm_inputs import make_inputs
+from elmo_fast import _lstm_ext, lstm_cuda
 from elmo_fast.reference.lstm import lstm_layer_ref
 from tolerances import ERR_RATIO, assert_close, assert_lowp_close, err_ratio
 
 NAMES = ("xproj", "w_hh", "w_p", "lengths", "h0", "c0")
 
 
-def make_inputs(B, T, C, P, lengths, device="cpu", dtype=torch.float32):
-    """fp32 inputs rounded to `dtype` (the fp64 oracle sees what the kernel sees), fp32 state."""
-    def r(*shape, scale=1.0):
-        return (torch.randn(*shape, device=device) * scale).to(dtype).to(torch.float32)
-    return [r(B, T, 4 * C), r(4 * C, P, scale=P ** -0.5), r(P, C, scale=2 * C ** -0.5),
-            torch.as_tensor(lengths, dtype=torch.int64, device=device), r(B, P), r(B, C)]
-
-
 # ---------------------------------------------------------------------------------------------
 # Build and import (CPU CI)
 # ---------------------------------------------------------------------------------------------
 def test_extension_compiles_with_nvcc(tmp_path):
-    src = lstm_cuda.csrc_dir()
+    src = _lstm_ext.csrc_dir()
     if src is None:
         pytest.skip("the CUDA sources (csrc/) are not shipped with this installation")
-    if lstm_cuda._nvcc_build_module(src).find_nvcc() is None:
+    if _lstm_ext.nvcc_build_module(src).find_nvcc() is None:
         pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH): cannot compile the extension")
-    so = lstm_cuda.build_extension(out_dir=tmp_path, archs="90")
+    so = _lstm_ext.build_extension(out_dir=tmp_path, archs="90")
     spec = importlib.util.spec_from_file_location("elmo_fast._lstm_cuda", so)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -144,10 +137,10 @@ def ext(tmp_path_factory):
             return mod
     except ImportError:
         pass
-    src = lstm_cuda.csrc_dir()
-    if src is None or lstm_cuda._nvcc_build_module(src).find_nvcc() is None:
+    src = _lstm_ext.csrc_dir()
+    if src is None or _lstm_ext.nvcc_build_module(src).find_nvcc() is None:
         pytest.skip("no current prebuilt elmo_fast._lstm_cuda and no nvcc to build it")
-    so = lstm_cuda.build_extension(out_dir=tmp_path_factory.mktemp("lstm_ext"), archs="90")
+    so = _lstm_ext.build_extension(out_dir=tmp_path_factory.mktemp("lstm_ext"), archs="90")
     spec = importlib.util.spec_from_file_location("elmo_fast._lstm_cuda", so)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -199,7 +192,8 @@ def test_planner_invariants_every_shape(ext, dev):
                         assert p["blocks_per_sm"] == occ >= 1, where
                         assert 1 <= p["grid"] <= occ * sms, where  # co-resident: cooperative launch
                         assert p["grid"] >= min(units, sms), where
-                        assert p["smem_bytes"] == ext.smem_bytes(p["on_chip"], dtype, bt, p["cells_per_unit"], P)
+                        assert p["smem_bytes"] == ext.smem_bytes(p["on_chip"], dtype, bt,
+                                                                 p["cells_per_unit"], P)
                         assert p["smem_bytes"] + 16 <= optin, where
                         assert p["workspace_bytes"] == ndir * p["chunks"] * B * P * 4, where
                         assert p["threads"] == ext.threads() == 256 and p["sms"] == sms
@@ -282,7 +276,8 @@ def test_emulated_kernel_matches_reference(ext, B, T, C, P, lens, reverse):
     planner picks, at the smallest unit, and at one unit for all of C."""
     torch.manual_seed(B * 1000 + C)
     x, w_hh, w_p, L, h0, c0 = make_inputs(B, T, C, P, lens)
-    ref = lstm_layer_ref(x.double(), w_hh.double(), w_p.double(), L, h0.double(), c0.double(), 3.0, 3.0, reverse)
+    ref = lstm_layer_ref(x.double(), w_hh.double(), w_p.double(), L, h0.double(), c0.double(), 3.0, 3.0,
+                         reverse)
     plan = model_plan(ext, "H100", 0, 1, B, C, P)
     for cpb, bt in {(plan["cells_per_unit"], plan["batch_tile"]), (min(8, C), 1), (C, 8), (3, 2)}:
         out, h, c = emulate(ext, [(x, w_hh, w_p, L, h0, c0)], [reverse], 3.0, cpb, bt)[0]
@@ -332,7 +327,7 @@ def run_both(B, T, C, P, dtype, reverse, clip, residency="auto"):
     xproj, w_hh, w_p, _, h0, c0 = make_inputs(B, T, C, P, [0] * B, "cuda", dtype)
     lens = ragged(B, T, "cuda")
     low = [t.to(dtype) for t in (xproj, w_hh, w_p)]
-    got = lstm_cuda.lstm_layer_cuda_with(*low, lens, h0, c0, clip, clip, reverse, residency=residency)
+    got = lstm_cuda._lstm_layer_cuda_with(*low, lens, h0, c0, clip, clip, reverse, residency=residency)
     ref = lstm_layer_ref(xproj.double(), w_hh.double(), w_p.double(), lens, h0.double(), c0.double(),
                          clip, clip, reverse)
     return got, ref, (low, lens, h0, c0)
@@ -418,7 +413,8 @@ def test_no_clip_and_non_contiguous_inputs():
     view = xproj[:, 2:T + 2]
     lens = ragged(B, T, "cuda")
     got = lstm_cuda.lstm_layer_cuda(view, w_hh, w_p, lens, h0, c0, None, None, True)
-    ref = lstm_layer_ref(view.double(), w_hh.double(), w_p.double(), lens, h0.double(), c0.double(), None, None, True)
+    ref = lstm_layer_ref(view.double(), w_hh.double(), w_p.double(), lens, h0.double(), c0.double(),
+                         None, None, True)
     for name, g, r in zip(("out", "h_T", "c_T"), got, ref):
         assert_close(g, r.float(), torch.float32, msg=name)
 
@@ -442,7 +438,7 @@ def test_kernel_matches_host_emulation(ext, residency):
     lens = [6, 1, 0, 3, 6, 2, 5, 4, 0, 6, 1]
     args = make_inputs(B, T, C, P, lens, "cuda")
     plan = ext.plan(0, 1, B, C, P, torch.cuda.current_device(), lstm_cuda._RESIDENCY[residency])
-    got = lstm_cuda.lstm_layer_cuda_with(*args, 3.0, 3.0, True, residency=residency)
+    got = lstm_cuda._lstm_layer_cuda_with(*args, 3.0, 3.0, True, residency=residency)
     emu = emulate(ext, [[t.cpu() for t in args]], [True], 3.0, plan["cells_per_unit"], plan["batch_tile"])[0]
     for name, g, e in zip(("out", "h_T", "c_T"), got, emu):
         torch.testing.assert_close(g.cpu(), e, rtol=1e-5, atol=1e-5, msg=name)

@@ -6,6 +6,7 @@ kept tiny so the whole file takes seconds there.
 import pytest
 import torch
 
+from _lstm_inputs import make_inputs
 from elmo_fast.reference.lstm import lstm_layer_ref
 from tolerances import ERR_RATIO, assert_close, assert_lowp_close, err_ratio
 
@@ -22,19 +23,6 @@ SHAPES = [
 ]
 
 
-def make_inputs(B, T, C, P, lengths, device, dtype=torch.float32):
-    """Inputs rounded to `dtype` (so the fp64 oracle sees exactly what the kernel sees); the state
-    is fp32."""
-    def r(*shape, scale=1.0):
-        return (torch.randn(*shape) * scale).to(dtype).to(torch.float32)
-    xproj = r(B, T, 4 * C)
-    w_hh = r(4 * C, P, scale=P ** -0.5)
-    w_p = r(P, C, scale=C ** -0.5 * 2)
-    h0, c0 = r(B, P), r(B, C)
-    lens = torch.tensor(lengths, dtype=torch.int64)
-    return [t.to(device) for t in (xproj, w_hh, w_p, lens, h0, c0)]
-
-
 def ref64(xproj, w_hh, w_p, lens, h0, c0, cell_clip, proj_clip, reverse):
     return lstm_layer_ref(xproj.double(), w_hh.double(), w_p.double(), lens, h0.double(), c0.double(),
                           cell_clip, proj_clip, reverse)
@@ -45,7 +33,7 @@ def ref64(xproj, w_hh, w_p, lens, h0, c0, cell_clip, proj_clip, reverse):
 @pytest.mark.parametrize("clip", [None, 3.0], ids=["noclip", "clip3"])
 def test_fp32_matches_reference(B, T, C, P, lengths, reverse, clip, device):
     xproj, w_hh, w_p, lens, h0, c0 = make_inputs(B, T, C, P, lengths, device)
-    out, h, c = lstm_step.lstm_layer_triton(xproj, w_hh, w_p, lens, h0, c0, clip, clip, reverse)
+    out, h, c = lstm_step.lstm_layer_fwd(xproj, w_hh, w_p, lens, h0, c0, clip, clip, reverse)
     ref = lstm_layer_ref(xproj, w_hh, w_p, lens, h0, c0, clip, clip, reverse)
     for name, got, want in zip(("out", "h_T", "c_T"), (out, h, c), ref):
         assert_close(got.cpu(), want.cpu(), torch.float32, msg=name)
@@ -57,7 +45,7 @@ def test_fp32_matches_reference(B, T, C, P, lengths, reverse, clip, device):
 def test_bf16_within_torch_error(B, T, C, P, lengths, reverse, clip, device):
     bf = torch.bfloat16
     xproj, w_hh, w_p, lens, h0, c0 = make_inputs(B, T, C, P, lengths, device, dtype=bf)
-    out, h, c = lstm_step.lstm_layer_triton(xproj.to(bf), w_hh.to(bf), w_p.to(bf), lens, h0, c0,
+    out, h, c = lstm_step.lstm_layer_fwd(xproj.to(bf), w_hh.to(bf), w_p.to(bf), lens, h0, c0,
                                             clip, clip, reverse)
     assert out.dtype == bf and h.dtype == torch.float32 and c.dtype == torch.float32
     ref = ref64(xproj, w_hh, w_p, lens, h0, c0, clip, clip, reverse)
@@ -73,8 +61,8 @@ def test_stateful_continuation(device):
     B, T, C, P = 3, 4, 8, 4
     xa, w_hh, w_p, la, h0, c0 = make_inputs(B, T, C, P, [4, 2, 0], device)
     xb, _, _, lb, _, _ = make_inputs(B, T, C, P, [1, 4, 3], device)
-    o1, h1, c1 = lstm_step.lstm_layer_triton(xa, w_hh, w_p, la, h0, c0, 3.0, 3.0)
-    o2, h2, c2 = lstm_step.lstm_layer_triton(xb, w_hh, w_p, lb, h1, c1, 3.0, 3.0)
+    o1, h1, c1 = lstm_step.lstm_layer_fwd(xa, w_hh, w_p, la, h0, c0, 3.0, 3.0)
+    o2, h2, c2 = lstm_step.lstm_layer_fwd(xb, w_hh, w_p, lb, h1, c1, 3.0, 3.0)
     r1 = lstm_layer_ref(xa, w_hh, w_p, la, h0, c0, 3.0, 3.0)
     r2 = lstm_layer_ref(xb, w_hh, w_p, lb, r1[1], r1[2], 3.0, 3.0)
     for name, got, want in zip(("out1", "out2", "h", "c"), (o1, o2, h2, c2), (r1[0], r2[0], r2[1], r2[2])):
@@ -87,7 +75,7 @@ def test_non_contiguous_xproj(device):
     xproj, w_hh, w_p, lens, h0, c0 = make_inputs(B, T + 2, C, P, [5, 1, 3], device)
     view = xproj[:, 1:T + 1]
     assert not view.is_contiguous()
-    out, h, c = lstm_step.lstm_layer_triton(view, w_hh, w_p, lens, h0, c0, None, 3.0, True)
+    out, h, c = lstm_step.lstm_layer_fwd(view, w_hh, w_p, lens, h0, c0, None, 3.0, True)
     ref = lstm_layer_ref(view.contiguous(), w_hh, w_p, lens, h0, c0, None, 3.0, True)
     for name, got, want in zip(("out", "h_T", "c_T"), (out, h, c), ref):
         assert_close(got.cpu(), want.cpu(), torch.float32, msg=name)
@@ -105,7 +93,8 @@ def test_dispatch_runs_triton_when_forced(device, monkeypatch):
 
 
 def test_not_supported_reasons():
-    args = dict(zip(("xproj", "w_hh", "w_p", "lengths", "h0", "c0"), make_inputs(3, 5, 8, 4, [5, 1, 0], "cpu")))
+    names = ("xproj", "w_hh", "w_p", "lengths", "h0", "c0")
+    args = dict(zip(names, make_inputs(3, 5, 8, 4, [5, 1, 0], "cpu")))
     # never an automatic choice on the CPU
     assert any("CPU" in r or "cpu" in r for r in lstm_step.not_supported_reasons(args, False))
     bad = dict(args, xproj=args["xproj"].to(torch.float16))

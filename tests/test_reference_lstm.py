@@ -101,4 +101,5 @@ def test_cpu_gemm_bias_and_tf_layout():
     w = w_in_out.t().contiguous()  # [out, in]: the same map in nn.Linear layout
     assert_close(_cpu_gemm.linear_fn(w, b)(x), want)
     # the packed weight is shared by calls with and without a bias
-    assert_close(_cpu_gemm.linear_fn(w_in_out, None, in_out=True)(x), (x.double() @ w_in_out.double()).float())
+    assert_close(_cpu_gemm.linear_fn(w_in_out, None, in_out=True)(x),
+                 (x.double() @ w_in_out.double()).float())

@@ -152,10 +152,13 @@ def test_missing_weights_file(tmp_path):
 
 
 @pytest.mark.parametrize("mutate, pattern", [
-    pytest.param(lambda o: o["lstm"].pop("projection_dim"), r"missing key lstm\.projection_dim", id="missing-key"),
+    pytest.param(lambda o: o["lstm"].pop("projection_dim"), r"missing key lstm\.projection_dim",
+                 id="missing-key"),
     pytest.param(lambda o: o.pop("char_cnn"), r"missing section 'char_cnn'", id="missing-section"),
-    pytest.param(lambda o: o["char_cnn"].update(activation="gelu"), r"char_cnn.activation 'gelu' is not one of", id="activation"),
-    pytest.param(lambda o: o["char_cnn"].update(filters=[[1]]), r"char_cnn.filters must be a list of", id="filters"),
+    pytest.param(lambda o: o["char_cnn"].update(activation="gelu"),
+                 r"char_cnn.activation 'gelu' is not one of", id="activation"),
+    pytest.param(lambda o: o["char_cnn"].update(filters=[[1]]), r"char_cnn.filters must be a list of",
+                 id="filters"),
 ])
 def test_bad_options(tmp_path, mutate, pattern):
     opath, wpath = _model(tmp_path)

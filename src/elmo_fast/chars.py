@@ -29,6 +29,7 @@ __all__ = [
     "BEGINNING_OF_WORD_CHARACTER",
     "END_OF_WORD_CHARACTER",
     "PADDING_CHARACTER",
+    "PADDING_ID",
     "BOS_TOKEN",
     "EOS_TOKEN",
     "BOS_CHARS",
@@ -44,6 +45,8 @@ END_OF_SENTENCE_CHARACTER = 257
 BEGINNING_OF_WORD_CHARACTER = 258
 END_OF_WORD_CHARACTER = 259
 PADDING_CHARACTER = 260
+#: the padding character as stored in the id tensors (+1): the char CNN's pad trick and dedup key on it
+PADDING_ID = PADDING_CHARACTER + 1
 #: bytes of a token that are kept (the rest of the 50 slots hold begin/end-of-word and padding)
 MAX_BYTES = MAX_WORD_LENGTH - 2
 
@@ -155,9 +158,11 @@ def _as_token_list(tokens, where: str = "") -> List[str]:
                         f"{_describe(tokens)}; split it into tokens first, e.g. text.split()")
     if isinstance(tokens, list):
         return tokens
-    if isinstance(tokens, (tuple, np.ndarray)) or (hasattr(tokens, "__iter__") and hasattr(tokens, "__len__")):
+    if isinstance(tokens, (tuple, np.ndarray)) or (hasattr(tokens, "__iter__")
+                                                    and hasattr(tokens, "__len__")):
         return list(tokens)
-    raise TypeError(f"{where}expected a list of tokens (str), got {type(tokens).__name__} {_describe(tokens)}")
+    raise TypeError(f"{where}expected a list of tokens (str), got {type(tokens).__name__} "
+                    f"{_describe(tokens)}")
 
 
 def tokens_to_char_ids(tokens: Sequence[str]) -> np.ndarray:

@@ -105,6 +105,8 @@ def _add_info(sub) -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="dtype the op check uses")
     p.add_argument("--arch", choices=("small", "medium", "original"), default="original",
                    help="model shapes the op check uses (default: original)")
+    p.add_argument("--backend", choices=("auto", "cuda", "triton", "torch"),
+                   help="check the ops under this backend choice (default: ELMO_FAST_BACKEND, else auto)")
     p.set_defaults(func=cmd_info)
 
 
@@ -230,64 +232,25 @@ def cmd_embed(args) -> int:
 
 
 # -------------------------------------------------------------------------------------------- info
-def _op_inputs(name: str, arch: str, device, dtype) -> Dict[str, Any]:
-    """Small inputs with the shapes and dtypes a real model passes to each op."""
-    import torch
-
-    from .synthetic import ARCHITECTURES, STANDARD_FILTERS
-
-    a = ARCHITECTURES[arch]
-    E, F, P, C = 16, sum(n for _, n in STANDARD_FILTERS), a["projection_dim"], a["dim"]
-    B, T, N = 4, 8, 32
-    f = dict(device=device, dtype=dtype)
-    if name == "char_cnn":
-        return dict(chars=torch.zeros(N, 50, dtype=torch.long, device=device),
-                    char_embed=torch.zeros(262, E, **f),
-                    conv_weights=[torch.zeros(w, E, n, **f) for w, n in STANDARD_FILTERS],
-                    conv_biases=[torch.zeros(n, **f) for _, n in STANDARD_FILTERS], activation="relu")
-    if name == "highway":
-        layers = [(torch.zeros(F, F, **f), torch.zeros(F, **f), torch.zeros(F, F, **f), torch.zeros(F, **f))
-                  for _ in range(a["n_highway"])]
-        return dict(x=torch.zeros(N, F, **f), layers=layers, w_proj=torch.zeros(F, P, **f),
-                    b_proj=torch.zeros(P, **f))
-    if name == "lstm_layer":
-        return dict(xproj=torch.zeros(B, T, 4 * C, **f), w_hh=torch.zeros(4 * C, P, **f),
-                    w_p=torch.zeros(P, C, **f), lengths=torch.full((B,), T, dtype=torch.long, device=device),
-                    h0=torch.zeros(B, P, **f), c0=torch.zeros(B, C, **f), cell_clip=3.0, proj_clip=3.0,
-                    reverse=False)
-    if name == "scalar_mix":
-        return dict(layers=[torch.zeros(B, T, 2 * P, **f) for _ in range(3)], scalars=torch.zeros(3, **f),
-                    gamma=torch.ones(1, **f), mask=torch.ones(B, T, dtype=torch.long, device=device),
-                    do_layer_norm=False)
-    return {}
-
-
-def _extension_status() -> Dict[str, Any]:
+def _extension_info() -> Dict[str, Any]:
+    """The CUDA extension's state and build info (`_lstm_ext.extension_info`), JSON-able."""
     try:
-        from .lstm_cuda import extension_status
-    except Exception as e:  # the module is missing, or it failed to import
-        return {"available": False,
-                "detail": f"elmo_fast.lstm_cuda could not be imported ({type(e).__name__}: {e})"}
-    try:
-        status = extension_status() if callable(extension_status) else extension_status
-    except Exception as e:
-        return {"available": False, "detail": f"extension_status() failed ({type(e).__name__}: {e})"}
-    if isinstance(status, dict):
-        return {str(k): (v if isinstance(v, (bool, int, float, str, type(None), list)) else str(v))
-                for k, v in status.items()}
-    if isinstance(status, bool):
-        return {"available": status}
-    if isinstance(status, (tuple, list)) and len(status) == 2 and isinstance(status[0], bool):
-        return {"available": status[0], "detail": str(status[1])}
-    return {"detail": str(status)}
+        from ._lstm_ext import extension_info
+
+        info = extension_info()
+    except Exception as e:  # a broken installation: say so rather than fail `info`
+        return {"available": False, "state": "failed", "detail": f"{type(e).__name__}: {e}"}
+    return json.loads(json.dumps(info, default=str))
 
 
-def collect_info(device: Optional[str] = None, dtype: str = "fp32", arch: str = "original") -> Dict[str, Any]:
-    """Everything `elmo-fast info` reports, as a JSON-able dict."""
+def collect_info(device: Optional[str] = None, dtype: str = "fp32", arch: str = "original",
+                 backend: Optional[str] = None) -> Dict[str, Any]:
+    """Everything `elmo-fast info` reports, as a JSON-able dict (backend: the choice to check the
+    ops under, as `elmo_fast.ops.use_backend`; None: ELMO_FAST_BACKEND)."""
     import torch
 
     from . import __version__, _config
-    from .ops import OPS, BackendUnavailable
+    from .ops import current_backend, use_backend
 
     info: Dict[str, Any] = {"elmo_fast": __version__, "python": platform.python_version(),
                             "torch": torch.__version__}
@@ -304,30 +267,41 @@ def collect_info(device: Optional[str] = None, dtype: str = "fp32", arch: str = 
         cuda["capability"] = ["%d.%d" % torch.cuda.get_device_capability(i)
                               for i in range(torch.cuda.device_count())]
     info["cuda"] = cuda
-    info["env"] = {k: os.environ.get(k) for k in ("ELMO_FAST_BACKEND", "TRITON_INTERPRET")}
-    try:
-        info["backend_override"] = _config.backend_override()
-    except ValueError as e:
-        info["backend_override"] = None
-        info["backend_override_error"] = str(e)
+    info["env"] = _config.raw(("ELMO_FAST_BACKEND", "TRITON_INTERPRET"))
+    with use_backend(backend):
+        try:
+            info["backend_override"], info["backend_source"] = current_backend()
+        except ValueError as e:
+            info["backend_override"] = None
+            info["backend_override_error"] = str(e)
+        info["op_check"] = {"device": str(device or _default_device()), "dtype": dtype, "arch": arch}
+        info["ops"] = _check_ops(device, dtype, arch)
+    info["cuda_extension"] = _extension_info()
+    return info
 
+
+def _check_ops(device: Optional[str], dtype: str, arch: str) -> Dict[str, Any]:
+    """For every op: the backend a call with `arch`'s shapes gets here, and why the others don't."""
+    import torch
+
+    from .ops import OPS, BackendUnavailable
+    from .synthetic import model_shapes
+
+    shapes = model_shapes(arch)
     dev = torch.device(device or _default_device())
     tdtype = getattr(torch, DTYPES[dtype])
-    info["op_check"] = {"device": str(dev), "dtype": dtype, "arch": arch}
     ops: Dict[str, Any] = {}
     for name, op in OPS.items():
         entry: Dict[str, Any] = {"selected": None}
         try:
-            inputs = _op_inputs(name, arch, dev, tdtype)
+            inputs = op.example(shapes, dev, tdtype) if op.example else {}
             entry["backends"] = [{"name": b, "available": not why, "reasons": list(why)}
                                  for b, why in op.explain(**inputs)]
             entry["selected"] = op.select(**inputs).name
         except (BackendUnavailable, ValueError, RuntimeError) as e:
             entry["error"] = _describe(e)
         ops[name] = entry
-    info["ops"] = ops
-    info["cuda_extension"] = _extension_status()
-    return info
+    return ops
 
 
 def format_info(info: Dict[str, Any]) -> str:
@@ -339,8 +313,9 @@ def format_info(info: Dict[str, Any]) -> str:
         devs = ", ".join(f"{n} (sm {c})" for n, c in zip(cuda["devices"], cuda["capability"]))
         lines.append(f"CUDA {cuda['torch_cuda']}: {devs}")
     else:
-        lines.append("CUDA: not available" + (f" (torch built with CUDA {cuda['torch_cuda']}, no device found)"
-                                               if cuda["torch_cuda"] else " (CPU-only torch build)"))
+        lines.append("CUDA: not available"
+                     + (f" (torch built with CUDA {cuda['torch_cuda']}, no device found)"
+                        if cuda["torch_cuda"] else " (CPU-only torch build)"))
     env = info["env"]
     lines.append("ELMO_FAST_BACKEND=" + (env["ELMO_FAST_BACKEND"] or "(unset: auto)")
                  + "   TRITON_INTERPRET=" + (env["TRITON_INTERPRET"] or "(unset)"))
@@ -349,7 +324,7 @@ def format_info(info: Dict[str, Any]) -> str:
     chk = info["op_check"]
     lines.append(f"ops ({chk['arch']} model shapes, {chk['dtype']}, on {chk['device']}):")
     for name, entry in info["ops"].items():
-        lines.append(f"  {name:<11} -> {entry['selected'] or 'none'}")
+        lines.append(f"  {name:<12} -> {entry['selected'] or 'none'}")
         if entry.get("error"):
             lines.append(f"      error: {entry['error']}")
         for b in entry.get("backends", []):
@@ -357,18 +332,20 @@ def format_info(info: Dict[str, Any]) -> str:
                 continue
             why = "; ".join(b["reasons"]) if b["reasons"] else "could run, but a preferred backend was chosen"
             lines.append(f"      {b['name']}: {why}")
-    ext = dict(info["cuda_extension"])
-    state = {True: "available", False: "unavailable"}.get(ext.pop("available", None))
-    detail = ext.pop("detail", None) or ext.pop("reason", None)
-    extra = ", ".join(f"{k}={v}" for k, v in ext.items())
-    text = "; ".join(t for t in (state, detail, extra) if t)
-    lines.append(f"CUDA LSTM extension: {text or 'unknown'}")
+    ext = info["cuda_extension"]
+    lines.append(f"CUDA LSTM extension: {ext.get('state', 'unknown')}"
+                 + (f" ({ext['origin']})" if ext.get("origin") else ""))
+    for k, v in (ext.get("build") or {}).items():
+        lines.append(f"  {k}: {v}")
+    for k in ("detail", "how"):
+        if ext.get(k):
+            lines.append(f"  {k}: {ext[k]}")
     return "\n".join(lines)
 
 
 def cmd_info(args) -> int:
     device = _check_device(args.device) if args.device else None
-    info = collect_info(device, args.dtype, args.arch)
+    info = collect_info(device, args.dtype, args.arch, getattr(args, "backend", None))
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 

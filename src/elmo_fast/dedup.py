@@ -19,7 +19,7 @@ from typing import Tuple
 
 import torch
 
-PAD_ID = 261  # allennlp padding char 260, stored +1
+from .chars import PADDING_ID as PAD_ID
 _BITS = 9  # ids are 0..261
 _PER_WORD = 7  # 63 bits: the packed words stay non-negative
 _MIX = (-7046029254386353131, -4658895280553007687, 0x2545F4914F6CDD1D)  # odd 64-bit constants

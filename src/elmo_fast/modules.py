@@ -13,10 +13,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from . import ops
+from . import _config, ops
+from ._support import chunk_len
 from .chars import BOS_CHARS, EOS_CHARS, batch_to_ids, tokens_to_char_ids
 from .dedup import unique_tokens
-from .reference._cpu_gemm import linear_fn
+from .state import CarriedState
 from .weights import ElmoOptions, ElmoWeights, load_model
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ def remove_sentence_boundaries(x: torch.Tensor, mask: torch.Tensor) -> Tuple[tor
     lengths = mask.long().sum(1)
     T = x.size(1)
     new_mask = torch.arange(max(T - 2, 0), device=x.device).view(1, -1) < (lengths - 2).view(-1, 1)
-    out = torch.where(new_mask.unsqueeze(-1), x[:, 1 : T - 1], torch.zeros((), dtype=x.dtype, device=x.device))
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    out = torch.where(new_mask.unsqueeze(-1), x[:, 1 : T - 1], zero)
     return out, new_mask.long()
 
 
@@ -91,7 +93,10 @@ def _check_char_ids(ids: torch.Tensor, n: int) -> None:
 
 class CharEncoder(nn.Module):
     """Characters -> token vectors: char embedding, convolutions, max-pool, activation, highway,
-    projection (allennlp's _ElmoCharacterEncoder). Distinct tokens are encoded once."""
+    projection (allennlp's _ElmoCharacterEncoder). Distinct tokens are encoded once, `token_chunk`
+    at a time (None: as many as fit the workspace budget, see `token_bytes`)."""
+
+    token_chunk: Optional[int] = None
 
     def __init__(self, weights: ElmoWeights, requires_grad: bool = False):
         super().__init__()
@@ -104,19 +109,38 @@ class CharEncoder(nn.Module):
             self.highway.append(nn.ParameterList([_param(t, requires_grad) for t in layer]))
         self.w_proj = _param(weights.w_proj, requires_grad)
         self.b_proj = _param(weights.b_proj, requires_grad)
-        self.register_buffer("bos_chars", torch.tensor(BOS_CHARS, dtype=torch.long).view(-1), persistent=False)
-        self.register_buffer("eos_chars", torch.tensor(EOS_CHARS, dtype=torch.long).view(-1), persistent=False)
+        self.register_buffer("bos_chars", torch.tensor(BOS_CHARS, dtype=torch.long).view(-1),
+                             persistent=False)
+        self.register_buffer("eos_chars", torch.tensor(EOS_CHARS, dtype=torch.long).view(-1),
+                             persistent=False)
 
     def get_output_dim(self) -> int:
         return self.options.proj_dim
 
+    def token_bytes(self) -> int:
+        """Scratch bytes per token of the char CNN + highway on the reference path: the gathered
+        embeddings [E, L] (twice), the widest filter bank's conv output [n, L - w + 1], the pooled
+        [F] and the highway's [F] intermediates (4). The Triton path needs less."""
+        o = self.options
+        L, E = o.max_chars, self.char_embed.shape[1]
+        F = sum(int(w.shape[2]) for w in self.conv_w)
+        conv = max(int(w.shape[2]) * (L - int(w.shape[0]) + 1) for w in self.conv_w)
+        return (2 * E * L + conv + 5 * F) * self.char_embed.element_size()
+
     def encode(self, chars: torch.Tensor) -> torch.Tensor:
-        """chars [N, 50] -> [N, P]; each distinct row goes through the CNN once."""
+        """chars [N, 50] -> [N, P]; each distinct row goes through the CNN once, in chunks of tokens
+        so the intermediates stay within the workspace budget however long the batch."""
         if chars.numel() == 0:
             return self.w_proj.new_zeros(chars.shape[0], self.options.proj_dim)
         uniq, inverse = unique_tokens(chars)
-        x = ops.char_cnn(uniq, self.char_embed, list(self.conv_w), list(self.conv_b), self.options.activation)
-        y = ops.highway(x, [tuple(layer) for layer in self.highway], self.w_proj, self.b_proj)
+        n = self.token_chunk or chunk_len(self.token_bytes())
+        layers = [tuple(layer) for layer in self.highway]
+        pieces = []
+        for i in range(0, uniq.shape[0], n):
+            x = ops.char_cnn(uniq[i:i + n], self.char_embed, list(self.conv_w), list(self.conv_b),
+                             self.options.activation)
+            pieces.append(ops.highway(x, layers, self.w_proj, self.b_proj))
+        y = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         return y[inverse]
 
     def forward(self, inputs: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -133,6 +157,19 @@ class CharEncoder(nn.Module):
         return {"mask": new_mask.long(), "token_embedding": emb.view(B, T2, -1)}
 
 
+def _eager_under_compile(cls) -> None:
+    """torch.compile: the biLM's forward runs eagerly, so a compiled Elmo is one graph around it
+    with the same outputs. Its work has data-dependent shapes dynamo cannot trace into one graph
+    (token dedup, the length-packed recurrence, real-position GEMMs) and a host-side backend choice;
+    the kernels' custom ops have fake implementations for graphs that do contain them. Done on the
+    first construction, not at import: it imports torch._dynamo (seconds), which `import elmo_fast`
+    should not pay."""
+    if "_forward" in cls.__dict__ and not getattr(cls._forward, "_elmo_fast_eager", False):
+        eager = torch.compiler.disable(cls.__dict__["_forward"])
+        eager._elmo_fast_eager = True
+        cls._forward = eager
+
+
 class _LstmParams(nn.Module):
     def __init__(self, lw, requires_grad: bool):
         super().__init__()
@@ -140,6 +177,10 @@ class _LstmParams(nn.Module):
         self.w_hh = _param(lw.w_hh, requires_grad)
         self.bias = _param(lw.bias, requires_grad)
         self.w_p = _param(lw.w_p, requires_grad)
+
+    def weights(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(w_ih [4C, D], bias [4C], w_hh [4C, P], w_p [P, C]) as `ops.bilstm_layer` takes them."""
+        return self.w_ih, self.bias, self.w_hh, self.w_p
 
 
 class BiLm(nn.Module):
@@ -155,7 +196,23 @@ class BiLm(nn.Module):
     zeros, computed once, on first use, from the weights as they are then. ELMo's LSTMs were trained
     on running text, never from a zero state, so a warmed-up start gives a sentence's first tokens
     vectors much closer to a stateful run's, while staying deterministic.
+
+    backend: None (the current choice, see `elmo_fast.ops.use_backend`) or 'auto' | 'cuda' |
+    'triton' | 'torch' for every op this module runs. time_chunk: time steps whose LSTM input
+    projections exist at once (None: from the workspace budget; see `ops.bilstm_layer`).
+
+    Memory of one batch, whatever its longest sentence: with N = B * (T + 2) token slots, s bytes
+    per element, projection P, L LSTM layers and W the workspace budget (ELMO_FAST_WORKSPACE_MB,
+    default 1 GiB), the peak is about
+        N * s * (2P * (L + 1) + 3P) + W
+    the activations returned (L + 1 layers of 2P), each layer's two direction outputs while the next
+    layer reads them, and the token embeddings; the input projections (B * 4C * s per time step and
+    direction) exist `time_chunk` steps at a time and the char CNN's intermediates `token_chunk`
+    tokens at a time, each within W. Original model, fp32: 18 KB per token slot + W (the unchunked
+    input projections alone were 64 KB per token per layer and direction).
     """
+
+    time_chunk: Optional[int] = None
 
     def __init__(
         self,
@@ -167,8 +224,11 @@ class BiLm(nn.Module):
         *,
         warm_start: bool = False,
         weights: Optional[ElmoWeights] = None,
+        backend: Optional[str] = None,
     ):
         super().__init__()
+        _eager_under_compile(BiLm)
+        self.backend = None if backend is None else _config.check_backend(backend, source="backend")
         if weights is None:
             from .download import resolve_model
 
@@ -182,7 +242,7 @@ class BiLm(nn.Module):
         self.lstm = nn.ModuleList(
             nn.ModuleList(_LstmParams(lw, requires_grad) for lw in direction) for direction in weights.lstm
         )
-        self._states: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self._carried = CarriedState()
         self._word_embedding: Optional[torch.Tensor] = None
         if vocab_to_cache is not None:
             self.create_cached_cnn_embeddings(vocab_to_cache)
@@ -215,20 +275,19 @@ class BiLm(nn.Module):
         self.register_buffer("_eos_embedding", special[1].detach().clone(), persistent=False)
 
     # ---- state
+    @property
+    def _states(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The carried state (h [L, R, 2P], c [L, R, 2C]) or None (allennlp's _states)."""
+        return self._carried.tensors
+
+    @_states.setter
+    def _states(self, value: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self._carried.tensors = None if value is None else tuple(value)
+
     def reset_states(self, mask: Optional[torch.Tensor] = None) -> None:
         """Forgets the carried state: of every row, or of the rows where mask [B] is true."""
         with state_lock(self):
-            self._reset_states(mask)
-
-    def _reset_states(self, mask: Optional[torch.Tensor] = None) -> None:
-        if mask is None or self._states is None:
-            self._states = None
-            return
-        if mask.numel() != self._states[0].size(1):
-            raise ValueError(f"reset_states: mask has {mask.numel()} rows but the state has "
-                             f"{self._states[0].size(1)}")
-        keep = (~mask.bool()).view(1, -1, 1).to(self._states[0].device)
-        self._states = tuple(s * keep for s in self._states)
+            self._carried.reset(mask)
 
     def _initial_state(self, B: int, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         L, P, C = self.options.n_layers, self.options.proj_dim, self.options.cell_dim
@@ -236,24 +295,9 @@ class BiLm(nn.Module):
         # stateful low-precision model is not rounded to bf16 at every batch boundary
         dtype = torch.float32 if like.dtype in (torch.bfloat16, torch.float16) else like.dtype
         h_start, c_start = self._start_state(like.device, dtype)
-        if not self.stateful or self._states is None:
+        if not self.stateful:
             return h_start.expand(L, B, 2 * P), c_start.expand(L, B, 2 * C)
-        h, c = self._states
-        if B > h.size(1):  # new rows start from the start state, and stay in the state from now on
-            n = B - h.size(1)
-            h = torch.cat([h, h_start.to(h.device, h.dtype).expand(L, n, 2 * P)], 1)
-            c = torch.cat([c, c_start.to(c.device, c.dtype).expand(L, n, 2 * C)], 1)
-            self._states = (h, c)
-        # the state is a plain attribute: it stays where it was made when the module is moved
-        return h[:, :B].to(like.device, dtype), c[:, :B].to(like.device, dtype)
-
-    def _store_state(self, h: torch.Tensor, c: torch.Tensor) -> None:
-        h, c = h.detach(), c.detach()
-        if self._states is not None and self._states[0].size(1) > h.size(1):
-            old_h, old_c = (s.to(h.device) for s in self._states)
-            h = torch.cat([h.to(old_h.dtype), old_h[:, h.size(1):]], 1)
-            c = torch.cat([c.to(old_c.dtype), old_c[:, c.size(1):]], 1)
-        self._states = (h, c)
+        return self._carried.take(B, h_start, c_start, like.device, dtype)
 
     def _start_state(self, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
         """The state a sentence without a carried state starts from: [L, 1, 2P], [L, 1, 2C]."""
@@ -279,47 +323,26 @@ class BiLm(nn.Module):
         h0, c0 = self._initial_state(x.shape[0], x)
         outputs, h, c = self._lstm_stack(x, mask, h0, c0)
         if self.stateful:
-            self._store_state(h, c)
+            self._carried.store(h, c)
         return outputs
 
     def _lstm_stack(self, x: torch.Tensor, mask: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor
                     ) -> Tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Both directions of every layer from the given state h0 [L, B, 2P], c0 [L, B, 2C] ->
-        (n_layers outputs [B, T, 2P], final h [L, B, 2P], final c [L, B, 2C])."""
+        """The layer schedule: both directions of every layer (one `ops.bilstm_layer` each) from the
+        given state h0 [L, B, 2P], c0 [L, B, 2C] -> (n_layers outputs [B, T, 2P], final h [L, B, 2P],
+        final c [L, B, 2C]). Layer k of a direction reads layer k - 1 of the same direction."""
         o = self.options
-        B, T, P = x.shape
         lengths = mask.long().sum(1)
-        # input projections only for real positions (padding rows stay zero): a quarter to a half
-        # of the GEMM work in a length-mixed batch
-        flat_mask = mask.reshape(-1)
-        real, pad = flat_mask.nonzero().view(-1), (~flat_mask).nonzero().view(-1)
-        inputs = [x, x]
+        inputs = (x, x)
         outputs, finals_h, finals_c = [], [], []
         for layer in range(o.n_layers):
-            outs, hs, cs = [], [], []
-            for d in range(2):
-                p = self.lstm[d][layer]
-                inp = inputs[d]
-                # input projections of all timesteps in one GEMM
-                xproj = inp.new_empty(B * T, p.w_ih.shape[0])
-                xproj.index_copy_(0, real, linear_fn(p.w_ih, p.bias)(inp.reshape(B * T, -1).index_select(0, real)))
-                xproj.index_fill_(0, pad, 0.0)  # padded steps are never run; zero rather than garbage
-                xproj = xproj.view(B, T, -1)
-                out, h, c = ops.lstm_layer(
-                    xproj, p.w_hh, p.w_p, lengths,
-                    h0[layer, :, d * P:(d + 1) * P].contiguous(),
-                    c0[layer, :, d * o.cell_dim:(d + 1) * o.cell_dim].contiguous(),
-                    o.cell_clip, o.proj_clip, reverse=(d == 1),
-                )
-                if layer > 0 and o.skip_connections:
-                    out = out + inp
-                outs.append(out)
-                hs.append(h)
-                cs.append(c)
-            inputs = outs
-            outputs.append(torch.cat(outs, -1))
-            finals_h.append(torch.cat(hs, -1))
-            finals_c.append(torch.cat(cs, -1))
+            weights = (self.lstm[0][layer].weights(), self.lstm[1][layer].weights())
+            inputs, h, c = ops.bilstm_layer(inputs, weights, lengths, h0[layer], c0[layer], o.cell_clip,
+                                            o.proj_clip, residual=layer > 0 and o.skip_connections,
+                                            time_chunk=self.time_chunk)
+            outputs.append(torch.cat(inputs, -1))
+            finals_h.append(h)
+            finals_c.append(c)
         return outputs, torch.stack(finals_h), torch.stack(finals_c)
 
     def forward(self, inputs: torch.Tensor, word_inputs: Optional[torch.Tensor] = None) -> Dict[str, object]:
@@ -327,23 +350,27 @@ class BiLm(nn.Module):
         {'activations': n_layers + 1 tensors [B, T + 2, 2P], 'mask': [B, T + 2] long}.
         Concurrent calls on one stateful module run one after the other (each continues the state the
         previous one left); stateless calls run concurrently."""
-        if self.stateful and not torch.compiler.is_compiling():
-            with state_lock(self):
-                return self._forward(inputs, word_inputs)
-        return self._forward(inputs, word_inputs)
+        with ops.use_backend(self.backend):
+            if self.stateful and not torch.compiler.is_compiling():
+                with state_lock(self):
+                    return self._forward(inputs, word_inputs)
+            return self._forward(inputs, word_inputs)
 
-    def _forward(self, inputs: torch.Tensor, word_inputs: Optional[torch.Tensor] = None) -> Dict[str, object]:
+    def _forward(self, inputs: torch.Tensor, word_inputs: Optional[torch.Tensor]) -> Dict[str, object]:
         if inputs.dim() != 3 or inputs.size(-1) != self.options.max_chars:
-            raise ValueError(f"BiLm expects character ids of shape [batch, tokens, {self.options.max_chars}], "
+            raise ValueError("BiLm expects character ids of shape "
+                             f"[batch, tokens, {self.options.max_chars}], "
                              f"got {tuple(inputs.shape)}")
         embedded = None
         if self._word_embedding is not None and word_inputs is not None:
-            if word_inputs.numel() and (word_inputs.min() < 0 or word_inputs.max() >= self._word_embedding.size(0)):
+            vocab_size = self._word_embedding.size(0)
+            if word_inputs.numel() and (word_inputs.min() < 0 or word_inputs.max() >= vocab_size):
                 logger.warning("word_inputs holds ids outside the cached vocabulary; using the characters")
             else:
                 word_mask = word_inputs > 0
                 emb = self._word_embedding[word_inputs]
-                embedded, mask = add_sentence_boundaries(emb, word_mask, self._bos_embedding, self._eos_embedding)
+                embedded, mask = add_sentence_boundaries(emb, word_mask, self._bos_embedding,
+                                                         self._eos_embedding)
                 mask = mask.long()
         if embedded is None:
             enc = self._token_embedder(inputs)
@@ -386,7 +413,8 @@ class Elmo(nn.Module):
         {'elmo_representations': num_output_representations tensors [B, T, 2P], 'mask': [B, T] long}
     `stateful` (default True, as allennlp) carries each row's LSTM state to the next batch; pass
     False for outputs that depend on nothing but the sentence itself. `warm_start=True` starts
-    sentences from a fixed warmed-up state instead of zeros (see BiLm).
+    sentences from a fixed warmed-up state instead of zeros (see BiLm). `backend` chooses the op
+    backend for this module (see BiLm).
     """
 
     def __init__(
@@ -403,6 +431,7 @@ class Elmo(nn.Module):
         module: Optional[nn.Module] = None,
         stateful: bool = True,
         warm_start: bool = False,
+        backend: Optional[str] = None,
     ):
         super().__init__()
         if module is not None:
@@ -411,7 +440,8 @@ class Elmo(nn.Module):
             self._elmo_lstm = module
         else:
             self._elmo_lstm = BiLm(options_file, weight_file, requires_grad=requires_grad,
-                                   vocab_to_cache=vocab_to_cache, stateful=stateful, warm_start=warm_start)
+                                   vocab_to_cache=vocab_to_cache, stateful=stateful, warm_start=warm_start,
+                                   backend=backend)
         self._has_cached_vocab = vocab_to_cache is not None
         self._keep_sentence_boundaries = keep_sentence_boundaries
         self._dropout = nn.Dropout(p=dropout)
@@ -443,7 +473,8 @@ class Elmo(nn.Module):
                 ) -> Dict[str, Union[torch.Tensor, List[torch.Tensor]]]:
         original_shape = inputs.size()
         if len(original_shape) < 3:
-            raise ValueError(f"Elmo expects character ids of shape [batch, tokens, 50], got {tuple(original_shape)}")
+            raise ValueError("Elmo expects character ids of shape [batch, tokens, 50], "
+                             f"got {tuple(original_shape)}")
         if original_shape[:-2].numel() == 0:  # no sentences at all, e.g. batch_to_ids([])
             return self._empty_output(original_shape, inputs.device)
         reshaped = inputs.reshape(-1, *original_shape[-2:]) if len(original_shape) > 3 else inputs
@@ -467,7 +498,8 @@ class Elmo(nn.Module):
                 rep, rep_mask = remove_sentence_boundaries(rep, mask_bos)
             representations.append(self._dropout(rep))
         if not representations:
-            rep_mask = mask_bos if self._keep_sentence_boundaries else remove_sentence_boundaries(layers[0], mask_bos)[1]
+            rep_mask = (mask_bos if self._keep_sentence_boundaries
+                        else remove_sentence_boundaries(layers[0], mask_bos)[1])
         # leading dims restored; the time dim is T, or T + 2 with keep_sentence_boundaries
         if word_inputs is not None and len(original_word_size) > 2:
             shape = original_word_size[:-1] + rep_mask.shape[-1:]

@@ -18,6 +18,16 @@ ARCHITECTURES: Dict[str, Dict[str, Any]] = {
 }
 
 
+def model_shapes(arch: str) -> Dict[str, Any]:
+    """The sizes the ops see for a standard architecture: E (char embedding), L (chars per token),
+    filters [[w, n], ...], F (their total), n_highway, C (LSTM cells), P (projection)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    a = ARCHITECTURES[arch]
+    return dict(E=16, L=50, filters=STANDARD_FILTERS, F=sum(n for _, n in STANDARD_FILTERS),
+                n_highway=a["n_highway"], C=a["dim"], P=a["projection_dim"])
+
+
 def make_options(arch: Optional[str] = None, *, char_dim: int = 16, filters=None, n_highway: int = 2,
                  dim: int = 4096, projection_dim: int = 512, n_layers: int = 2, cell_clip: float = 3.0,
                  proj_clip: float = 3.0, use_skip_connections: bool = True,

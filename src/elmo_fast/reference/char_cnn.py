@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-ACTIVATIONS = ("relu", "tanh")
+from .._support import ACTIVATIONS
 
 
 def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
@@ -14,7 +14,7 @@ def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
         return torch.relu(x)
     if activation == "tanh":
         return torch.tanh(x)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, not {activation!r}")
+    raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, not {activation!r}")
 
 
 def char_cnn_ref(
