@@ -17,6 +17,20 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = pathlib.Path(os.environ.get("ELMO_FAST_FIXTURES", ROOT.parent / "shared" / "fixtures" / "elmo"))
 
 
+def pytest_configure(config):
+    """A source tree on PYTHONPATH without an install has no elmo_fast.kernels (setup.py maps
+    kernels/ to it): stop with one line instead of import failures and false 'no triton' skips."""
+    import importlib.util
+
+    if importlib.util.find_spec("elmo_fast.kernels") is None:
+        import elmo_fast
+
+        raise pytest.UsageError(
+            f"elmo_fast is imported from {pathlib.Path(elmo_fast.__file__).parent} without elmo_fast.kernels "
+            f"(kernels/ becomes elmo_fast.kernels only when installed): run `pip install -e .` "
+            f"in {ROOT}, not PYTHONPATH=src")
+
+
 def pytest_addoption(parser):
     parser.addoption("--device", default="cuda" if HAS_CUDA else "cpu",
                      help="device the kernel tests run on (cpu = Triton interpreter)")
