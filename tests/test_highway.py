@@ -7,6 +7,9 @@ import torch
 from elmo_fast.reference.highway import highway_ref
 from tolerances import assert_close, assert_lowp_close
 
+# every test here runs or imports the Triton kernels (skipped only when triton is absent, conftest)
+pytestmark = pytest.mark.interpreter
+
 
 def make_params(D: int, P: int, n_layers: int, dtype=torch.float32, device="cpu"):
     cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
@@ -39,7 +42,6 @@ CASES = [
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")]
 
 
-@pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, D, P, n_layers", CASES)
 def test_highway_matches_reference(n, D, P, n_layers, dtype, device):
@@ -50,7 +52,6 @@ def test_highway_matches_reference(n, D, P, n_layers, dtype, device):
     check(highway_fwd(x, layers, w_proj, b_proj), x, layers, w_proj, b_proj)
 
 
-@pytest.mark.interpreter
 def test_highway_through_op_strided(monkeypatch, device):
     """Forced through the op; x a non-contiguous slice, weights transposed views."""
     from elmo_fast.ops import _dispatch
@@ -65,7 +66,6 @@ def test_highway_through_op_strided(monkeypatch, device):
     check(highway(x, layers, w_proj, b_proj), x, layers, w_proj, b_proj)
 
 
-@pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_highway_gpu_tile_config_under_interpreter(dtype, device, monkeypatch):
     """The blocks the launcher picks on a GPU (64x64x32 fp32, 128x64x64 bf16, GROUP_M 8), run for
