@@ -21,8 +21,8 @@ def _inputs_of_every_op():
     char_cnn = dict(chars=torch.randint(1, 262, (5, 50)), char_embed=emb,
                     conv_weights=[torch.randn(1, 4, 3), torch.randn(2, 4, 5)],
                     conv_biases=[torch.randn(3), torch.randn(5)], activation="relu")
-    highway = dict(x=torch.randn(5, 8), layers=[(torch.randn(8, 8), torch.randn(8), torch.randn(8, 8),
-                                                 torch.randn(8))], w_proj=torch.randn(8, 3), b_proj=torch.randn(3))
+    layer = (torch.randn(8, 8), torch.randn(8), torch.randn(8, 8), torch.randn(8))
+    highway = dict(x=torch.randn(5, 8), layers=[layer], w_proj=torch.randn(8, 3), b_proj=torch.randn(3))
     scalar_mix = dict(layers=[torch.randn(2, 3, 4) for _ in range(3)], scalars=torch.randn(3),
                       gamma=torch.ones(1), mask=torch.ones(2, 3, dtype=torch.long), do_layer_norm=True)
     return dict(char_cnn=char_cnn, highway=highway, lstm_layer=_lstm_inputs(), scalar_mix=scalar_mix)

@@ -326,8 +326,8 @@ def test_emulated_stateful_continuation(ext):
     o2, h2, c2 = emulate(ext, [(xb, w_hh, w_p, lb, h1, c1)], [False], *clips, 8, 4)[0]
     r1 = clipped_reference(xa, w_hh, w_p, la, h0, c0, *clips)
     r2 = clipped_reference(xb, w_hh, w_p, lb, r1[1], r1[2], *clips)
-    fresh = lstm_layer_ref(xb.double(), w_hh.double(), w_p.double(), lb, torch.zeros(B, P, dtype=torch.float64),
-                           torch.zeros(B, C, dtype=torch.float64), *clips)
+    zeros = [torch.zeros(B, n, dtype=torch.float64) for n in (P, C)]
+    fresh = lstm_layer_ref(xb.double(), w_hh.double(), w_p.double(), lb, *zeros, *clips)
     assert_differs(fresh[0], r2[0], torch.float64, msg="carried state")
     for name, g, r in zip(("out1", "out2", "h", "c"), (o1, o2, h2, c2), (r1[0], r2[0], r2[1], r2[2])):
         assert_close(g, r.float(), torch.float32, msg=name)
@@ -362,7 +362,8 @@ def run_both(B, T, C, P, dtype, reverse, residency="auto"):
     xproj, w_hh, w_p, _, h0, c0 = make_inputs(B, T, C, P, [0] * B, "cuda", dtype)
     lens = ragged(B, T, "cuda")
     low = [t.to(dtype) for t in (xproj, w_hh, w_p)]
-    got = lstm_cuda.lstm_layer_cuda_with(*low, lens, h0, c0, CELL_CLIP, PROJ_CLIP, reverse, residency=residency)
+    got = lstm_cuda.lstm_layer_cuda_with(*low, lens, h0, c0, CELL_CLIP, PROJ_CLIP, reverse,
+                                         residency=residency)
     ref = lstm_layer_ref(xproj.double(), w_hh.double(), w_p.double(), lens, h0.double(), c0.double(),
                          CELL_CLIP, PROJ_CLIP, reverse)
     return got, ref, (low, lens, h0, c0)
