@@ -9,6 +9,9 @@ import torch
 from elmo_fast.reference.char_cnn import char_cnn_ref
 from tolerances import assert_close, assert_lowp_close
 
+# every test here runs or imports the Triton kernels (skipped only when triton is absent, conftest)
+pytestmark = pytest.mark.interpreter
+
 FIXTURE_FILTERS = [[1, 4], [2, 8], [3, 16], [4, 32], [5, 64]]
 STANDARD_FILTERS = [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
 FILTERS = {"fixture": (FIXTURE_FILTERS, 4), "standard": (STANDARD_FILTERS, 16)}
@@ -80,7 +83,6 @@ CASES = [
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")]
 
 
-@pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, filters, activation", CASES)
 def test_char_cnn_matches_reference(n, filters, activation, dtype, device):
@@ -93,7 +95,6 @@ def test_char_cnn_matches_reference(n, filters, activation, dtype, device):
     check(out, chars, emb, ws, bs, activation)
 
 
-@pytest.mark.interpreter
 def test_char_cnn_through_op(monkeypatch, device):
     """The op picks the Triton backend when forced and gives the reference's result."""
     from elmo_fast.ops import _dispatch
@@ -108,7 +109,6 @@ def test_char_cnn_through_op(monkeypatch, device):
     check(char_cnn(chars, emb, ws, bs, "relu"), chars, emb, ws, bs, "relu")
 
 
-@pytest.mark.interpreter
 def test_char_cnn_small_tiles_strided_int32(device):
     """Several token blocks and several filter tiles per width; chars as a non-contiguous int32
     slice of a wider tensor; non-contiguous embedding table."""
@@ -123,20 +123,50 @@ def test_char_cnn_small_tiles_strided_int32(device):
     check(out, chars.long(), emb, ws, bs, "relu")
 
 
-@pytest.mark.interpreter
-def test_pad_trick_equals_full_computation(device):
-    """Visiting only the windows that touch real characters + the per-filter padding constant gives
-    the same result as visiting every window."""
+@pytest.mark.parametrize("use_pad_trick", [True, False], ids=["pad-trick", "every-window"])
+def test_pad_trick_and_full_computation_match_reference(use_pad_trick, device):
+    """Visiting only the windows that touch real characters + the per-filter padding constant, and
+    visiting every window, both give the reference result (the rows include all-padding windows)."""
     from elmo_fast.kernels.char_cnn import char_cnn_fwd
 
     chars = make_chars(19, seed=3).to(device)
+    assert ((chars == PAD + 1).sum(1) > 0).any()
     emb, ws, bs = make_params(FIXTURE_FILTERS, 4, device=device)
-    fast = char_cnn_fwd(chars, emb, ws, bs, "tanh")
-    full = char_cnn_fwd(chars, emb, ws, bs, "tanh", use_pad_trick=False)
-    assert_close(fast, full)
+    check(char_cnn_fwd(chars, emb, ws, bs, "tanh", use_pad_trick=use_pad_trick), chars, emb, ws, bs, "tanh")
 
 
-@pytest.mark.interpreter
+# filter counts that are not multiples of any block (and one wider than a block), E not a power of 2
+ODD_FILTERS, ODD_E = [[1, 5], [2, 300], [3, 17]], 5
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_char_cnn_odd_filter_counts_span_tiles(dtype, device):
+    """Widths whose filter count spans several BLOCK_N tiles with a partial last one, at the launch
+    configuration in use, and more tokens than one BLOCK_T block (with a partial last block)."""
+    from elmo_fast.kernels import char_cnn as k
+
+    meta = k._launch_config(torch.device(device), dtype, L, ODD_E)
+    assert 300 > meta["BLOCK_N"] and 300 % meta["BLOCK_N"] and 37 > meta["BLOCK_T"] and 37 % meta["BLOCK_T"]
+    chars = make_chars(37, seed=5).to(device)
+    emb, ws, bs = make_params(ODD_FILTERS, ODD_E, dtype, device)
+    check(k.char_cnn_fwd(chars, emb, ws, bs, "relu"), chars, emb, ws, bs, "relu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_char_cnn_gpu_tile_config_under_interpreter(dtype, device):
+    """The block sizes the launcher picks on a GPU (64x64 fp32, 64x128 bf16), run for numbers: more
+    tokens than BLOCK_T and filter counts spanning several BLOCK_N tiles with partial ones."""
+    from elmo_fast.kernels import char_cnn as k
+
+    gpu = k._config(torch.device("cuda"), dtype)
+    n = gpu["BLOCK_T"] + 5
+    filters = [[1, 6], [3, 2 * gpu["BLOCK_N"] + 3], [6, gpu["BLOCK_N"] + 1]]
+    chars = make_chars(n, seed=6).to(device)
+    emb, ws, bs = make_params(filters, 16, dtype, device)
+    out = k.char_cnn_fwd(chars, emb, ws, bs, "tanh", block_t=gpu["BLOCK_T"], block_n=gpu["BLOCK_N"])
+    check(out, chars, emb, ws, bs, "tanh")
+
+
 def test_pack_cache(device):
     """Repeated calls reuse the packed weights; an in-place update or new tensors repack."""
     from elmo_fast.kernels import char_cnn as k
@@ -182,7 +212,6 @@ def test_char_cnn_gpu_realistic(dtype, activation):
         torch.backends.cudnn.allow_tf32 = prev
 
 
-@pytest.mark.interpreter
 def test_pack_cache_inference_tensors(device):
     """Weights made under torch.inference_mode have no version counter: the launcher must still run,
     and an in-place change to them (which nothing records) must not be served from the cache."""

@@ -7,6 +7,7 @@ import torch
 from elmo_fast import dedup
 from elmo_fast.dedup import real_lengths, unique_tokens
 from elmo_fast.reference.char_cnn import char_cnn_ref
+from elmo_fast.reference.highway import highway_ref
 from test_char_cnn import FIXTURE_FILTERS, make_chars, make_params
 from tolerances import assert_close
 
@@ -53,6 +54,26 @@ def test_encode_unique_equals_encode_all_reference():
     emb, ws, bs = make_params(FIXTURE_FILTERS, 4)
     uniq, inverse = unique_tokens(chars, sort_by_length=True)
     assert torch.equal(char_cnn_ref(uniq, emb, ws, bs)[inverse], char_cnn_ref(chars, emb, ws, bs))
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_char_encoder_encode_equals_encoding_without_dedup(tmp_path, activation):
+    """CharEncoder.encode (dedup, encode the distinct rows, gather back) gives every row what the
+    reference char CNN + highway + projection give when run on all rows, duplicates and masked
+    rows included."""
+    from elmo_fast import CharEncoder, load_model
+    from elmo_fast.synthetic import make_options, write_model
+
+    opts = make_options(char_dim=4, filters=FIXTURE_FILTERS, n_highway=2, dim=16, projection_dim=8,
+                        activation=activation)
+    encoder = CharEncoder(load_model(*write_model(str(tmp_path), opts, seed=2, scale=0.5))).eval()
+    chars = zipf_batch(300)
+    assert torch.unique(chars, dim=0).shape[0] < chars.shape[0] // 4  # many duplicates
+    with torch.no_grad():
+        got = encoder.encode(chars)
+        x = char_cnn_ref(chars, encoder.char_embed, list(encoder.conv_w), list(encoder.conv_b), activation)
+        want = highway_ref(x, [tuple(layer) for layer in encoder.highway], encoder.w_proj, encoder.b_proj)
+    assert_close(got, want)
 
 
 @pytest.mark.interpreter

@@ -7,6 +7,9 @@ import torch
 from elmo_fast.reference.highway import highway_ref
 from tolerances import assert_close, assert_lowp_close
 
+# every test here runs or imports the Triton kernels (skipped only when triton is absent, conftest)
+pytestmark = pytest.mark.interpreter
+
 
 def make_params(D: int, P: int, n_layers: int, dtype=torch.float32, device="cpu"):
     cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
@@ -32,11 +35,13 @@ CASES = [
     pytest.param(45, 124, 16, 2, id="N45-D124-P16-L2-fixture"),
     pytest.param(1, 200, 48, 1, id="N1-D200-P48-L1"),
     pytest.param(5, 2048, 128, 1, id="N5-D2048-P128-L1-small"),
+    # interpreter blocks 32x128x128, GROUP_M 4: 5 row tiles = one full group + a partial one, 2 column
+    # tiles and 2 K iterations, each with a partial last tile
+    pytest.param(137, 130, 16, 1, id="N137-D130-P16-L1-groups"),
 ]
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")]
 
 
-@pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n, D, P, n_layers", CASES)
 def test_highway_matches_reference(n, D, P, n_layers, dtype, device):
@@ -47,7 +52,6 @@ def test_highway_matches_reference(n, D, P, n_layers, dtype, device):
     check(highway_fwd(x, layers, w_proj, b_proj), x, layers, w_proj, b_proj)
 
 
-@pytest.mark.interpreter
 def test_highway_through_op_strided(monkeypatch, device):
     """Forced through the op; x a non-contiguous slice, weights transposed views."""
     from elmo_fast.ops import _dispatch
@@ -60,6 +64,23 @@ def test_highway_through_op_strided(monkeypatch, device):
     layers = [(wc.t().contiguous().t(), bc, wt.t().contiguous().t(), bt) for wc, bc, wt, bt in layers]
     assert _dispatch.OPS["highway"].select(x=x, layers=layers, w_proj=w_proj, b_proj=b_proj).name == "triton"
     check(highway(x, layers, w_proj, b_proj), x, layers, w_proj, b_proj)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_highway_gpu_tile_config_under_interpreter(dtype, device, monkeypatch):
+    """The blocks the launcher picks on a GPU (64x64x32 fp32, 128x64x64 bf16, GROUP_M 8), run for
+    numbers: 2+ row tiles, 3 column tiles and 3+ K iterations, partial last tiles on every axis."""
+    from elmo_fast.kernels import highway as k
+
+    real = k._config
+    gpu = real(torch.device("cuda"), dtype)
+    monkeypatch.setattr(k, "_config", lambda device, dtype: real(torch.device("cuda"), dtype))
+    M, D = gpu["BLOCK_M"] + 2, 2 * gpu["BLOCK_N"] + 2
+    assert D > 2 * gpu["BLOCK_K"]
+    x = torch.randn(M, D).to(device=device, dtype=dtype)
+    layers, w_proj, b_proj = make_params(D, 8, 1, dtype, device)
+    assert k._launch_config(torch.device(device), dtype)["BLOCK_M"] == gpu["BLOCK_M"]
+    check(k.highway_fwd(x, layers, w_proj, b_proj), x, layers, w_proj, b_proj)
 
 
 def test_not_supported_reasons():

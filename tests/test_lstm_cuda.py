@@ -9,10 +9,11 @@ import importlib.util
 import pytest
 import torch
 
+from _lstm_clip import CELL_CLIP, PROJ_CLIP, clipped_reference
 from _lstm_inputs import make_inputs
 from elmo_fast import _lstm_ext, lstm_cuda
 from elmo_fast.reference.lstm import lstm_layer_ref
-from tolerances import ERR_RATIO, assert_close, assert_lowp_close, err_ratio
+from tolerances import ERR_RATIO, assert_close, assert_differs, assert_lowp_close, err_ratio
 
 NAMES = ("xproj", "w_hh", "w_p", "lengths", "h0", "c0")
 
@@ -239,7 +240,7 @@ def test_planner_rejects_bad_problems(ext):
         model_plan(ext, "H100", 0, 1, 4, 64, 16, residency=5)
 
 
-def emulate(ext, dirs, reverse, clip, cpb, bt):
+def emulate(ext, dirs, reverse, cell_clip, proj_clip, cpb, bt):
     """Runs the host emulation on fp32 CPU tensors; returns per direction (out, h_T, c_T)."""
     B, T, G = dirs[0][0].shape
     C, P = G // 4, dirs[0][1].shape[1]
@@ -253,7 +254,7 @@ def emulate(ext, dirs, reverse, clip, cpb, bt):
         keep.append(t)
         res.append((t["out"], t["h"], t["c"]))
     ext.emulate(len(dirs), B, T, C, P, ptr["x"], ptr["whh"], ptr["wpT"], ptr["len"], ptr["out"], ptr["h"],
-                ptr["c"], [int(r) for r in reverse], clip, clip, cpb, bt)
+                ptr["c"], [int(r) for r in reverse], cell_clip, proj_clip, cpb, bt)
     return res
 
 
@@ -270,32 +271,59 @@ EMU_SHAPES = [  # B, T, C, P, lengths
 
 @pytest.mark.parametrize("B,T,C,P,lens", EMU_SHAPES)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "bwd"])
-def test_emulated_kernel_matches_reference(ext, B, T, C, P, lens, reverse):
+@pytest.mark.parametrize("cell_clip,proj_clip", [pytest.param(None, None, id="noclip"),
+                                                 pytest.param(CELL_CLIP, PROJ_CLIP, id="clip")])
+def test_emulated_kernel_matches_reference(ext, B, T, C, P, lens, reverse, cell_clip, proj_clip):
     """The kernel's decomposition (units, last partial unit, batch tiles, lane maps, butterfly,
-    reverse positions, masking, fixed-order chunk sums) at the cells per unit and batch tile the
-    planner picks, at the smallest unit, and at one unit for all of C."""
+    reverse positions, masking, fixed-order chunk sums, both clips) at the cells per unit and batch
+    tile the planner picks, at the smallest unit, and at one unit for all of C."""
     torch.manual_seed(B * 1000 + C)
     x, w_hh, w_p, L, h0, c0 = make_inputs(B, T, C, P, lens)
-    ref = lstm_layer_ref(x.double(), w_hh.double(), w_p.double(), L, h0.double(), c0.double(), 3.0, 3.0,
-                         reverse)
+    if max(lens) > 0:  # the clips fire (an all-empty batch runs no step at all)
+        ref = clipped_reference(x, w_hh, w_p, L, h0, c0, cell_clip, proj_clip, reverse)
+    else:
+        ref = lstm_layer_ref(x.double(), w_hh.double(), w_p.double(), L, h0.double(), c0.double(),
+                             cell_clip, proj_clip, reverse)
     plan = model_plan(ext, "H100", 0, 1, B, C, P)
     for cpb, bt in {(plan["cells_per_unit"], plan["batch_tile"]), (min(8, C), 1), (C, 8), (3, 2)}:
-        out, h, c = emulate(ext, [(x, w_hh, w_p, L, h0, c0)], [reverse], 3.0, cpb, bt)[0]
+        out, h, c = emulate(ext, [(x, w_hh, w_p, L, h0, c0)], [reverse], cell_clip, proj_clip, cpb, bt)[0]
         for name, g, r in zip(("out", "h_T", "c_T"), (out, h, c), ref):
             assert not torch.isnan(g).any(), f"{name}: a position was never written (cpb={cpb}, bt={bt})"
             assert_close(g, r.float(), torch.float32, msg=f"{name} cpb={cpb} bt={bt}")
 
 
-def test_emulated_two_directions_no_clip(ext):
-    """Both directions in one launch with different lengths per direction, no clipping."""
+@pytest.mark.parametrize("cell_clip,proj_clip", [pytest.param(None, None, id="noclip"),
+                                                 pytest.param(CELL_CLIP, PROJ_CLIP, id="clip")])
+def test_emulated_two_directions(ext, cell_clip, proj_clip):
+    """Both directions in one launch with different lengths per direction (with and without clips
+    that fire): each direction gives its own reference result."""
     torch.manual_seed(7)
     B, T, C, P = 6, 8, 48, 10
     f = make_inputs(B, T, C, P, [8, 0, 3, 5, 1, 7])
     b = make_inputs(B, T, C, P, [2, 6, 0, 4, 8, 1])
-    (of, hf, cf), (ob, hb, cb) = emulate(ext, [f, b], [False, True], None, 16, 4)
-    rf = lstm_layer_ref(*[t.double() if t.is_floating_point() else t for t in f], None, None, False)
-    rb = lstm_layer_ref(*[t.double() if t.is_floating_point() else t for t in b], None, None, True)
+    (of, hf, cf), (ob, hb, cb) = emulate(ext, [f, b], [False, True], cell_clip, proj_clip, 16, 4)
+    rf = clipped_reference(*f, cell_clip, proj_clip, False)
+    rb = clipped_reference(*b, cell_clip, proj_clip, True)
     for name, g, r in zip(("out_f", "h_f", "c_f", "out_b", "h_b", "c_b"), (of, hf, cf, ob, hb, cb), rf + rb):
+        assert_close(g, r.float(), torch.float32, msg=name)
+
+
+def test_emulated_stateful_continuation(ext):
+    """h_T, c_T of one launch fed back as the next launch's state give the reference's chained
+    result, with clips that fire (the CPU counterpart of the GPU test_stateful_continuation)."""
+    torch.manual_seed(5)
+    B, T, C, P = 5, 6, 40, 6
+    xa, w_hh, w_p, la, h0, c0 = make_inputs(B, T, C, P, [6, 1, 0, 3, 5])
+    xb, _, _, lb, _, _ = make_inputs(B, T, C, P, [2, 6, 4, 0, 6])
+    clips = (CELL_CLIP, PROJ_CLIP)
+    o1, h1, c1 = emulate(ext, [(xa, w_hh, w_p, la, h0, c0)], [False], *clips, 8, 4)[0]
+    o2, h2, c2 = emulate(ext, [(xb, w_hh, w_p, lb, h1, c1)], [False], *clips, 8, 4)[0]
+    r1 = clipped_reference(xa, w_hh, w_p, la, h0, c0, *clips)
+    r2 = clipped_reference(xb, w_hh, w_p, lb, r1[1], r1[2], *clips)
+    zeros = [torch.zeros(B, n, dtype=torch.float64) for n in (P, C)]
+    fresh = lstm_layer_ref(xb.double(), w_hh.double(), w_p.double(), lb, *zeros, *clips)
+    assert_differs(fresh[0], r2[0], torch.float64, msg="carried state")
+    for name, g, r in zip(("out1", "out2", "h", "c"), (o1, o2, h2, c2), (r1[0], r2[0], r2[1], r2[2])):
         assert_close(g, r.float(), torch.float32, msg=name)
 
 
@@ -323,13 +351,15 @@ def ragged(B, T, device):
     return lens.to(device)
 
 
-def run_both(B, T, C, P, dtype, reverse, clip, residency="auto"):
+def run_both(B, T, C, P, dtype, reverse, residency="auto"):
+    """The kernel and the fp64 reference on ragged inputs, with clips that fire."""
     xproj, w_hh, w_p, _, h0, c0 = make_inputs(B, T, C, P, [0] * B, "cuda", dtype)
     lens = ragged(B, T, "cuda")
     low = [t.to(dtype) for t in (xproj, w_hh, w_p)]
-    got = lstm_cuda._lstm_layer_cuda_with(*low, lens, h0, c0, clip, clip, reverse, residency=residency)
+    got = lstm_cuda._lstm_layer_cuda_with(*low, lens, h0, c0, CELL_CLIP, PROJ_CLIP, reverse,
+                                         residency=residency)
     ref = lstm_layer_ref(xproj.double(), w_hh.double(), w_p.double(), lens, h0.double(), c0.double(),
-                         clip, clip, reverse)
+                         CELL_CLIP, PROJ_CLIP, reverse)
     return got, ref, (low, lens, h0, c0)
 
 
@@ -337,7 +367,7 @@ def run_both(B, T, C, P, dtype, reverse, clip, residency="auto"):
 @pytest.mark.parametrize("B,T,C,P", GPU_SHAPES)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "bwd"])
 def test_fp32_matches_reference(B, T, C, P, reverse):
-    got, ref, _ = run_both(B, T, C, P, torch.float32, reverse, 3.0)
+    got, ref, _ = run_both(B, T, C, P, torch.float32, reverse)
     for name, g, r in zip(("out", "h_T", "c_T"), got, ref):
         assert_close(g, r.float(), torch.float32, msg=name)
 
@@ -347,8 +377,8 @@ def test_fp32_matches_reference(B, T, C, P, reverse):
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "bwd"])
 def test_bf16_within_torch_error(B, T, C, P, reverse):
     bf = torch.bfloat16
-    got, ref, (low, lens, h0, c0) = run_both(B, T, C, P, bf, reverse, 3.0)
-    base = lstm_layer_ref(*low, lens, h0.to(bf), c0.to(bf), 3.0, 3.0, reverse)
+    got, ref, (low, lens, h0, c0) = run_both(B, T, C, P, bf, reverse)
+    base = lstm_layer_ref(*low, lens, h0.to(bf), c0.to(bf), CELL_CLIP, PROJ_CLIP, reverse)
     for name, g, r, b in zip(("out", "h_T", "c_T"), got, ref, base):
         assert_lowp_close(g, r, b, msg=name)
         assert err_ratio(g, r) <= ERR_RATIO[bf], name
@@ -360,7 +390,7 @@ def test_bf16_within_torch_error(B, T, C, P, reverse):
 def test_residency_paths_agree(B, T, C, P, residency):
     """Both weight paths (on chip, and the global/L2 fallback) match the reference."""
     dtype = torch.bfloat16 if C == 4096 else torch.float32
-    got, ref, (low, lens, h0, c0) = run_both(B, T, C, P, dtype, True, 3.0, residency)
+    got, ref, (low, lens, h0, c0) = run_both(B, T, C, P, dtype, True, residency)
     if dtype == torch.float32:
         for name, g, r in zip(("out", "h_T", "c_T"), got, ref):
             assert_close(g, r.float(), torch.float32, msg=name)
@@ -383,13 +413,13 @@ def test_stateful_continuation():
     xa, w_hh, w_p, _, h0, c0 = make_inputs(B, T, C, P, [0] * B, "cuda")
     xb = make_inputs(B, T, C, P, [0] * B, "cuda")[0]
     la, lb = ragged(B, T, "cuda"), ragged(B, T, "cuda").flip(0)
-    o1, h1, c1 = lstm_cuda.lstm_layer_cuda(xa, w_hh, w_p, la, h0, c0, 3.0, 3.0)
-    o2, h2, c2 = lstm_cuda.lstm_layer_cuda(xb, w_hh, w_p, lb, h1, c1, 3.0, 3.0)
-    d = [t.double() for t in (xa, xb, w_hh, w_p, h0, c0)]
-    r1 = lstm_layer_ref(d[0], d[2], d[3], la, d[4], d[5], 3.0, 3.0)
-    r2 = lstm_layer_ref(d[1], d[2], d[3], lb, r1[1], r1[2], 3.0, 3.0)
+    clips = (CELL_CLIP, PROJ_CLIP)
+    o1, h1, c1 = lstm_cuda.lstm_layer_cuda(xa, w_hh, w_p, la, h0, c0, *clips)
+    o2, h2, c2 = lstm_cuda.lstm_layer_cuda(xb, w_hh, w_p, lb, h1, c1, *clips)
+    r1 = clipped_reference(xa, w_hh, w_p, la, h0, c0, *clips)
+    r2 = clipped_reference(xb, w_hh, w_p, lb, r1[1], r1[2], *clips)
     for name, g, r in zip(("out1", "out2", "h", "c"), (o1, o2, h2, c2), (r1[0], r2[0], r2[1], r2[2])):
-        assert_close(g, r.float(), torch.float32, msg=name)
+        assert_close(g.cpu(), r.float(), torch.float32, msg=name)
 
 
 @pytest.mark.gpu
@@ -399,11 +429,11 @@ def test_both_directions_in_one_launch():
     b = make_inputs(B, T, C, P, [0] * B, "cuda")
     lens = ragged(B, T, "cuda")
     f[3] = b[3] = lens
-    (of, hf, cf), (ob, hb, cb) = lstm_cuda.lstm_bidir_cuda(tuple(f), tuple(b), 3.0, 3.0)
-    rf = lstm_layer_ref(*[t.double() if t.is_floating_point() else t for t in f], 3.0, 3.0, False)
-    rb = lstm_layer_ref(*[t.double() if t.is_floating_point() else t for t in b], 3.0, 3.0, True)
+    (of, hf, cf), (ob, hb, cb) = lstm_cuda.lstm_bidir_cuda(tuple(f), tuple(b), CELL_CLIP, PROJ_CLIP)
+    rf = clipped_reference(*f, CELL_CLIP, PROJ_CLIP, False)
+    rb = clipped_reference(*b, CELL_CLIP, PROJ_CLIP, True)
     for name, g, r in zip(("out_f", "h_f", "c_f", "out_b", "h_b", "c_b"), (of, hf, cf, ob, hb, cb), rf + rb):
-        assert_close(g, r.float(), torch.float32, msg=name)
+        assert_close(g.cpu(), r.float(), torch.float32, msg=name)
 
 
 @pytest.mark.gpu
@@ -438,7 +468,8 @@ def test_kernel_matches_host_emulation(ext, residency):
     lens = [6, 1, 0, 3, 6, 2, 5, 4, 0, 6, 1]
     args = make_inputs(B, T, C, P, lens, "cuda")
     plan = ext.plan(0, 1, B, C, P, torch.cuda.current_device(), lstm_cuda._RESIDENCY[residency])
-    got = lstm_cuda._lstm_layer_cuda_with(*args, 3.0, 3.0, True, residency=residency)
-    emu = emulate(ext, [[t.cpu() for t in args]], [True], 3.0, plan["cells_per_unit"], plan["batch_tile"])[0]
+    got = lstm_cuda._lstm_layer_cuda_with(*args, CELL_CLIP, PROJ_CLIP, True, residency=residency)
+    emu = emulate(ext, [[t.cpu() for t in args]], [True], CELL_CLIP, PROJ_CLIP, plan["cells_per_unit"],
+                  plan["batch_tile"])[0]
     for name, g, e in zip(("out", "h_T", "c_T"), got, emu):
-        torch.testing.assert_close(g.cpu(), e, rtol=1e-5, atol=1e-5, msg=name)
+        assert_close(g.cpu(), e, torch.float32, msg=name)

@@ -5,17 +5,18 @@ import torch
 
 from elmo_fast.reference import _cpu_gemm
 from elmo_fast.reference.lstm import _lstm_autograd, _lstm_packed
-from tolerances import assert_close
+from tolerances import assert_close, assert_differs
 
 
 def naive(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
-    """Row by row, step by step, in fp64: the definition."""
+    """Row by row, step by step, in fp64: the definition (out of place, so autograd can run
+    through it)."""
     B, T, G = xproj.shape
-    C = G // 4
-    out = torch.zeros(B, T, w_p.shape[0], dtype=torch.float64)
-    hT, cT = h0.double().clone(), c0.double().clone()
+    C, P = G // 4, w_p.shape[0]
+    outs, hs, cs = [], [], []
     for b in range(B):
-        h, c = hT[b], cT[b]
+        h, c = h0[b].double(), c0[b].double()
+        row = [torch.zeros(P, dtype=torch.float64)] * T
         n = int(lengths[b])
         for s in range(n):
             t = n - 1 - s if reverse else s
@@ -27,9 +28,11 @@ def naive(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
             h = w_p.double() @ (o * c.tanh())
             if proj_clip is not None:
                 h = h.clamp(-proj_clip, proj_clip)
-            out[b, t] = h
-        hT[b], cT[b] = h, c
-    return out, hT, cT
+            row[t] = h
+        outs.append(torch.stack(row) if T else torch.zeros(0, P, dtype=torch.float64))
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(outs), torch.stack(hs), torch.stack(cs)
 
 
 @pytest.mark.parametrize("B,T,C,P,lengths", [
@@ -53,6 +56,28 @@ def test_reference_lstm_paths_agree(B, T, C, P, lengths, reverse, clip):
             assert_close(a, b.float(), msg=name)
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "bwd"])
+def test_reference_lstm_backward_matches_fp64_autograd(reverse):
+    """Gradients of the differentiable reference path (the one training uses) with respect to every
+    input, against autograd through the fp64 definition; clips that fire, ragged lengths."""
+    B, T, C, P = 3, 6, 16, 6
+    x = torch.randn(B, T, 4 * C)
+    w_hh, w_p = torch.randn(4 * C, P) / P ** 0.5, torch.randn(P, C) * 2 / C ** 0.5
+    L = torch.tensor([6, 2, 0])
+    h0, c0 = torch.randn(B, P), torch.randn(B, C)
+    leaves = [t.clone().requires_grad_() for t in (x, w_hh, w_p, h0, c0)]
+    leaves64 = [t.double().requires_grad_() for t in (x, w_hh, w_p, h0, c0)]
+    grads = [torch.randn(B, T, P), torch.randn(B, P), torch.randn(B, C)]
+    got = _lstm_autograd(*leaves[:3], L, *leaves[3:], 1.0, 0.5, reverse)
+    want = naive(*leaves64[:3], L, *leaves64[3:], 1.0, 0.5, reverse)
+    assert_differs(want[0], naive(x, w_hh, w_p, L, h0, c0, None, None, reverse)[0].detach(), torch.float64,
+                   msg="clips")
+    torch.autograd.backward(got, grads)
+    torch.autograd.backward(want, [g.double() for g in grads])
+    for name, a, b in zip(("xproj", "w_hh", "w_p", "h0", "c0"), leaves, leaves64):
+        assert_close(a.grad, b.grad.float(), msg=f"d/d{name}")
+
+
 def test_cpu_gemm_matches_mm_and_repacks_on_update():
     w = torch.randn(300, 70)
     x = torch.randn(9, 70)
@@ -65,9 +90,12 @@ def test_cpu_gemm_matches_mm_and_repacks_on_update():
 def test_cpu_gemm_falls_back_for_grad_and_other_dtypes():
     w = torch.randn(16, 8, requires_grad=True)
     x = torch.randn(3, 8)
+    g = torch.randn(3, 16)
     y = _cpu_gemm.linear_fn(w)(x)
-    y.sum().backward()
-    assert w.grad is not None
+    y.backward(g)
+    w64 = w.detach().double().requires_grad_()
+    (x.double() @ w64.t()).backward(g.double())
+    assert_close(w.grad, w64.grad.float(), msg="d/dw")
     wd = torch.randn(16, 8, dtype=torch.float64)
     assert _cpu_gemm.linear_fn(wd)(x.double()).dtype == torch.float64
 

@@ -10,7 +10,7 @@ types, specialisations and constexprs its launcher would use on a CUDA device (t
 Checked per configuration: compilation succeeds, the dynamic shared memory (metadata.shared, what
 Triton compares with the device's opt-in limit at load time) plus the cubin's static shared memory
 fit the H100's 227 KB per block; and, separately, that ptxas reports no register spills (the
-configurations known to spill are expected failures, see KNOWN_SPILLS).
+configurations known to spill: no more than the bytes recorded in KNOWN_SPILLS).
 
 The compiler runs in a subprocess: this process has TRITON_INTERPRET=1 set (conftest), which turns
 every @triton.jit into an interpreter object; the child imports the kernels with it unset. The child
@@ -49,14 +49,15 @@ CASES["char_cnn-bfloat16-tanh"] = dict(kernel="char_cnn", dtype="bfloat16", acti
 CASES["char_cnn-bfloat16-nopadtrick"] = dict(kernel="char_cnn", dtype="bfloat16", activation="relu",
                                              pad_trick=False)
 
-# Configurations ptxas (CUDA 13.x in triton 3.9) is known to compile with register spills, as
-# (registers, spill stores) it reported. Spills cost speed, not correctness: these are expected
-# failures of the spill check until the launch configuration is retuned on a GPU (any other
-# configuration that starts spilling fails the test).
+# Configurations ptxas (CUDA 13.x in triton 3.9) is known to compile with register spills: the
+# (spill store, spill load) bytes it reported, all at 255 registers. Spills cost speed, not
+# correctness; until the launch configuration is retuned on a GPU these may spill that much and no
+# more (more spilling, or spilling in any other configuration, fails the test; lower the numbers
+# here when a retune spills less).
 KNOWN_SPILLS = {
-    "char_cnn-float32-relu": "255 registers, 8 B spill stores",
-    "char_cnn-bfloat16-relu": "255 registers, 252 B spill stores",
-    "char_cnn-bfloat16-tanh": "255 registers, 272 B spill stores",
+    "char_cnn-float32-relu": (8, 8),
+    "char_cnn-bfloat16-relu": (252, 236),
+    "char_cnn-bfloat16-tanh": (272, 256),
 }
 
 
@@ -206,21 +207,18 @@ def test_compiles_for_sm90(compiled, name):
         f"{H100_SHARED_OPTIN} B per block")
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(reason=f"known ptxas register spills: {KNOWN_SPILLS[n]}",
-                                            strict=False))
-    if n in KNOWN_SPILLS else n
-    for n in CASES
-])
-def test_no_register_spills(compiled, name):
+@pytest.mark.parametrize("name", list(CASES))
+def test_register_spills_within_recorded(compiled, name):
     res = compiled[name]
     if "error" in res:
         pytest.skip("does not compile (see test_compiles_for_sm90)")
     if "spill_stores" not in res:
         pytest.skip("ptxas -v output not found (registers and spills unknown)")
-    assert res["spill_stores"] == 0 and res["spill_loads"] == 0, (
+    stores, loads = KNOWN_SPILLS.get(name, (0, 0))
+    assert res["spill_stores"] <= stores and res["spill_loads"] <= loads, (
         f"{name}: ptxas spills registers ({res.get('n_regs')} registers, {res['spill_stores']} B spill "
-        f"stores, {res['spill_loads']} B spill loads, {res['stack']} B stack frame)")
+        f"stores, {res['spill_loads']} B spill loads, {res['stack']} B stack frame); recorded: {stores} B "
+        f"stores, {loads} B loads")
 
 
 if __name__ == "__main__":  # the compile worker (see `compiled`); prints one JSON line

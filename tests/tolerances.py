@@ -44,3 +44,12 @@ def assert_lowp_close(out: torch.Tensor, ref64: torch.Tensor, torch_lowp: torch.
     assert err <= LOWP_FACTOR * base + floor, (
         f"{msg} low-precision error {err:.3e} > {LOWP_FACTOR} x torch's own {base:.3e} (+ floor)"
     )
+
+
+def assert_differs(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype = torch.float32, msg: str = ""):
+    """a and b are further apart than TOL[dtype] allows, so a check with the table's tolerance tells
+    them apart. Used to show that a test input exercises what it names (a clip that fires, a state
+    that matters): a kernel that skipped the clip would then fail its comparison."""
+    assert a.shape == b.shape, f"{msg} shape {tuple(a.shape)} != {tuple(b.shape)}"
+    assert not torch.allclose(a.to(b.dtype), b, **TOL[dtype]), (
+        f"{msg}: the two results agree within the tolerance, so this input cannot catch the difference")
