@@ -158,7 +158,7 @@ def test_char_cnn_gpu_tile_config_under_interpreter(dtype, device):
     tokens than BLOCK_T and filter counts spanning several BLOCK_N tiles with partial ones."""
     from elmo_fast.kernels import char_cnn as k
 
-    gpu = k._config(torch.device("cuda"), dtype)
+    gpu = k._block_config(torch.device("cuda"), dtype)
     n = gpu["BLOCK_T"] + 5
     filters = [[1, 6], [3, 2 * gpu["BLOCK_N"] + 3], [6, gpu["BLOCK_N"] + 1]]
     chars = make_chars(n, seed=6).to(device)

@@ -72,9 +72,9 @@ def test_highway_gpu_tile_config_under_interpreter(dtype, device, monkeypatch):
     numbers: 2+ row tiles, 3 column tiles and 3+ K iterations, partial last tiles on every axis."""
     from elmo_fast.kernels import highway as k
 
-    real = k._config
+    real = k._block_config
     gpu = real(torch.device("cuda"), dtype)
-    monkeypatch.setattr(k, "_config", lambda device, dtype: real(torch.device("cuda"), dtype))
+    monkeypatch.setattr(k, "_block_config", lambda device, dtype: real(torch.device("cuda"), dtype))
     M, D = gpu["BLOCK_M"] + 2, 2 * gpu["BLOCK_N"] + 2
     assert D > 2 * gpu["BLOCK_K"]
     x = torch.randn(M, D).to(device=device, dtype=dtype)
