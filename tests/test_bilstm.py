@@ -157,3 +157,22 @@ def test_bilm_time_chunk_equals_unchunked(tmp_path):
         got = bilm(ids)["activations"]
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=CHUNK_ATOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunk", [None, 7], ids=["whole", "chunk7"])
+def test_cuda_fused_directions_match_reference(chunk):
+    """The CUDA backend (both directions of each chunk in one persistent launch) against the
+    reference schedule, fp32, ragged lengths, residual on."""
+    B, T, C, P = 3, 40, 64, 16
+    x, weights, lens, h0, c0 = make_layer(B, T, P, C, P, [40, 1, 23])
+    cuda = [[t.cuda() for t in x], [tuple(t.cuda() for t in w) for w in weights], lens.cuda(), h0.cuda(),
+            c0.cuda()]
+    with torch.no_grad():
+        want = bilstm_layer_ref(x, weights, lens, h0, c0, 3.0, 3.0, True, chunk)
+        with ops.record_backends() as seen:
+            got = ops.bilstm_layer(*cuda, 3.0, 3.0, True, chunk, backend="cuda")
+    assert seen == {"bilstm_layer": "cuda"}
+    for name, g, w in (("out_fwd", got[0][0], want[0][0]), ("out_bwd", got[0][1], want[0][1]),
+                       ("h_T", got[1], want[1]), ("c_T", got[2], want[2])):
+        assert_close(g.cpu(), w, msg=name)
