@@ -218,8 +218,8 @@ def test_streams_with_a_bounded_look_ahead(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(PathSource, "lines", counting_lines)
     monkeypatch.setattr(AllennlpWriter, "_create", create)
     emb.embed_file(write_lines(tmp_path / "in.txt", lines), tmp_path / "o.hdf5", batch_size=2, progress=False)
-    # first pass (400) + at most the queues' batches of the second pass
-    assert 400 < at_first_write[0] <= 400 + 2 * (QUEUE + 3), at_first_write
+    # first pass (400) + at most the batches the two queues and the four stages hold (2 sentences each)
+    assert 400 < at_first_write[0] <= 400 + 2 * (2 * QUEUE + 5), at_first_write
     assert len(read) == 800
 
 
