@@ -171,7 +171,7 @@ def bench_e2e(args) -> List[Dict]:
     from elmo_fast.synthetic import make_options, write_model
 
     arch = "small" if args.quick else args.arch
-    n = 60 if args.quick else args.e2e_sentences
+    n = 16 if args.quick else args.e2e_sentences
     rows = []
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         opts, weights = write_model(os.path.join(d, "model"), make_options(arch), seed=0)
@@ -236,7 +236,7 @@ def bench_memory(args) -> List[Dict]:
     from elmo_fast.synthetic import make_options, write_model
 
     rows = []
-    small, large = (500, 10_000) if args.quick else (5_000, 100_000)
+    small, large = (2_000, 8_000) if args.quick else (5_000, 100_000)
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         for n in (small, large):
             src = os.path.join(d, f"c{n}.txt")
@@ -248,7 +248,7 @@ def bench_memory(args) -> List[Dict]:
         rows.append(dict(bench="memory", job="stub", growth=ratio))
         print(f"memory stub: {large} / {small} sentences peak RSS ratio {ratio:.3f} (target <= 1.10)", flush=True)
         arch = "small" if args.quick else args.arch
-        T = 2_000 if args.quick else args.long_line
+        T = 300 if args.quick else args.long_line
         opts, weights = write_model(os.path.join(d, "model"), make_options(arch), seed=0)
         _, vocab = fixture_lengths_and_vocab()
         src = os.path.join(d, "long.txt")
