@@ -380,8 +380,8 @@ def _window_buffer(pool: queue.SimpleQueue, spec: OutputSpec, w: Window) -> torc
             flat = None
     except queue.Empty:
         flat = None
-    if flat is None:
-        flat = torch.empty(need, dtype=dtype)
+    if flat is None:  # with room to spare, so that later windows fit and memory does not fragment
+        flat = torch.empty(need + need // 4, dtype=dtype)
     buf = flat.view(-1)[:need].view(len(spec.stored), rows, spec.dim)
     if spec.pooled and not w.lengths.all():  # sentences without tokens: zero vectors
         buf[:, torch.from_numpy(np.flatnonzero(w.lengths == 0))] = 0

@@ -295,6 +295,7 @@ def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False
     s = Scan(source.name)
     h = hashlib.sha256()
     keys: Optional[Dict[str, int]] = {} if sentence_keys else None
+    i = -1
     for i, line in enumerate(source.lines()):
         h.update(line.encode("utf-8", "surrogatepass") + b"\n")
         if not line:
@@ -307,7 +308,7 @@ def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False
             _check_key(keys, line, s.sentences)
         s.sentences += 1
         s.tokens += len(line.split())
-    s.lines = i + 1 if "i" in locals() else 0
+    s.lines = i + 1
     s.sha256 = h.hexdigest()
     if s.lines == 0:
         raise InputError(f"{source.name} has no sentences (the file is empty); expected one "
