@@ -90,6 +90,9 @@ def _add_embed(sub) -> None:
                    help="key each dataset by its sentence instead of its line index (sentences must be "
                         "distinct)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    from .ray import add_cli_arguments  # imports without Ray; --ray itself needs the [ray] extra
+
+    add_cli_arguments(p)
     p.set_defaults(func=cmd_embed)
 
 
@@ -178,6 +181,17 @@ def cmd_embed(args) -> int:
 
     from .embedder import ElmoEmbedder, _check_sentence_keys, check_output_path, embed_corpus, read_sentences
 
+    model, options, weights = args.model, args.options, args.weights
+    if model is None and (options is None) != (weights is None):
+        model, options, weights = options or weights, None, None  # its partner is looked up beside it
+    elif model is None and options is None:
+        model = "original"
+    if args.ray is not None:
+        from .ray import embed_corpus_cli
+
+        return embed_corpus_cli(args, model, options, weights)
+    if args.workers != 1 or args.gpus_per_worker:
+        raise CliError("--workers and --gpus-per-worker need --ray")
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
     # Everything that can be checked without the model is checked first.
@@ -187,12 +201,6 @@ def cmd_embed(args) -> int:
     if args.use_sentence_keys:
         _check_sentence_keys(sentences)
     check_output_path(args.output_file)
-
-    model, options, weights = args.model, args.options, args.weights
-    if model is None and (options is None) != (weights is None):
-        model, options, weights = options or weights, None, None  # its partner is looked up beside it
-    elif model is None and options is None:
-        model = "original"
     progress = not args.no_progress
     start = time.perf_counter()
     embedder = ElmoEmbedder(options, weights, model=model, stateful=not args.stateless,
