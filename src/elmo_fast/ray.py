@@ -391,8 +391,8 @@ def embed_corpus_cli(args, model: Optional[str], options: Optional[str], weights
                          use_sentence_keys=args.use_sentence_keys, progress=progress, by_length=False)
         except ray.exceptions.RayError as e:
             inner = _unwrap(e)
-            if inner is e:
-                raise
+            if inner is e:  # Ray's own failure (e.g. a worker died more often than Ray retries)
+                raise CliError(f"the Ray job failed: {str(e).strip().splitlines()[0]}") from None
             raise inner from None
     finally:
         if started:
