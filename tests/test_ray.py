@@ -148,11 +148,18 @@ def test_stateful_refused(capsys, tmp_path):
     assert not (tmp_path / "o.hdf5").exists()
 
 
-@pytest.mark.parametrize("case, content", [("empty-line", b"a b\n\nc\n"), ("bad-utf8", b"ok\nnot \xff ok\n")])
+@pytest.mark.parametrize("case, content", [("empty-line", b"a b\n\nc\n"), ("bad-utf8", b"ok\nnot \xff ok\n"),
+                                           ("bad-weights", b"a b\n")])
 def test_bad_input_same_message_before_ray(capsys, tmp_path, monkeypatch, case, content):
     src = tmp_path / "in.txt"
     src.write_bytes(content)
-    argv = ["embed", src, tmp_path / "o.hdf5", "--top", "--model", MODEL, "--stateless", "--no-progress"]
+    model = MODEL
+    if case == "bad-weights":
+        model = tmp_path / "model"
+        model.mkdir()
+        (model / "options.json").write_text((FIXTURES / "options.json").read_text())
+        (model / "weights.hdf5").write_bytes(b"not an hdf5 file")
+    argv = ["embed", src, tmp_path / "o.hdf5", "--top", "--model", model, "--stateless", "--no-progress"]
     rc, _, single = _run(capsys, *argv)
     assert rc == 2 and single.startswith("elmo-fast: error: ")
 
@@ -164,7 +171,8 @@ def test_bad_input_same_message_before_ray(capsys, tmp_path, monkeypatch, case, 
     rc, _, err = _run(capsys, *argv, "--ray", "--workers", "2")
     assert rc == 2
     assert err == single
-    assert sorted(os.listdir(tmp_path)) == ["in.txt"]
+    assert not (tmp_path / "o.hdf5").exists()
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("o.hdf5")]   # no temporary file either
 
 
 def test_ray_missing_names_the_extra(capsys, tmp_path, monkeypatch):

@@ -342,6 +342,7 @@ def embed_corpus_cli(args, model: Optional[str], options: Optional[str], weights
     from .cli import PROG, CliError
     from .download import resolve_model
     from .embedder import _check_sentence_keys, check_output_path, embed_corpus, read_sentences
+    from .weights import load_model
 
     try:
         ray = require_ray()
@@ -364,9 +365,10 @@ def embed_corpus_cli(args, model: Optional[str], options: Optional[str], weights
         _check_sentence_keys(sentences)
     check_output_path(args.output_file)
     progress = not args.no_progress
-    # Resolved here once, so a missing file or unknown name is reported before Ray starts (and a
-    # registry model is in this node's cache before its workers look for it).
-    resolve_model(model, options_file=options, weight_file=weights, progress=progress)
+    # Resolved and loaded here once, so a missing or malformed model is reported before Ray starts,
+    # with the single-process job's message (and a registry model is in this node's cache before
+    # its workers look for it). The weights are dropped again: the workers load their own.
+    load_model(*resolve_model(model, options_file=options, weight_file=weights, progress=progress))
 
     started = not ray.is_initialized()
     if started:
