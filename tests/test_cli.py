@@ -18,6 +18,7 @@ import torch
 
 from _tiny_model import one_thread, read_h5, write_tiny_model
 from elmo_fast import ElmoEmbedder, cli
+from elmo_fast.corpus import EmbedderModel
 from elmo_fast.ops import OPS
 
 SENTENCES = [
@@ -228,15 +229,15 @@ def test_interrupt_leaves_old_output(capsys, tiny_model, corpus, tmp_path, monke
     out = tmp_path / "out.hdf5"
     out.write_bytes(b"old")
     calls = []
-    real = ElmoEmbedder.embed_batch
+    real = EmbedderModel.__call__
 
-    def interrupted(self, batch):
+    def interrupted(self, ids):     # the model stage
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, batch)
+        return real(self, ids)
 
-    monkeypatch.setattr(ElmoEmbedder, "embed_batch", interrupted)
+    monkeypatch.setattr(EmbedderModel, "__call__", interrupted)
     rc, _, err = run(capsys, "embed", corpus, out, "--all", *model_args(tiny_model), "--batch-size", 2,
                      "--no-progress")
     assert rc == 130 and "interrupted" in err

@@ -11,6 +11,8 @@ import pytest
 
 from _tiny_model import one_thread, read_h5, write_tiny_model
 from elmo_fast import ElmoEmbedder
+from elmo_fast.corpus.pipeline import QUEUE, EmbedderModel
+from elmo_fast.corpus.reader import PathSource
 from elmo_fast.embedder import InputError, corpus_batches, embed_corpus, read_sentences
 
 SENTENCES = [
@@ -178,41 +180,46 @@ def test_failure_mid_run_leaves_existing_output_untouched(tiny_model, tmp_path, 
     out = tmp_path / "out.hdf5"
     out.write_bytes(b"previous results")
     calls = []
-    real = emb.embed_batch
+    real = EmbedderModel.__call__
 
-    def flaky(batch):
-        calls.append(len(batch))
+    def flaky(self, ids):       # the model stage (embed_batch's computation, on ids)
+        calls.append(len(ids))
         if len(calls) == 2:
             raise exc()
-        return real(batch)
+        return real(self, ids)
 
-    monkeypatch.setattr(emb, "embed_batch", flaky)
+    monkeypatch.setattr(EmbedderModel, "__call__", flaky)
     with pytest.raises(exc):
         emb.embed_file(write_lines(tmp_path / "in.txt", SENTENCES), out, batch_size=2, progress=False)
     assert out.read_bytes() == b"previous results"
     assert sorted(os.listdir(tmp_path)) == ["in.txt", "out.hdf5"]   # no temporary file left
 
 
-def test_streams_one_batch_at_a_time(tiny_model, tmp_path, monkeypatch):
-    """Each batch's datasets are in the file before the next batch is computed."""
+def test_streams_with_a_bounded_look_ahead(tiny_model, tmp_path, monkeypatch):
+    """The first datasets are written long before the reader reaches the end of a long input: the
+    feeder runs at most a few batches ahead of the writer (bounded queues), never the corpus."""
     emb = embedder(tiny_model)
-    created = []
-    real_batch = emb.embed_batch
+    lines = [SENTENCES[i % len(SENTENCES)] for i in range(400)]
+    read, at_first_write = [], []
+    real_lines = PathSource.lines
     real_create = h5py.Group.create_dataset
 
+    def counting_lines(self):
+        for line in real_lines(self):
+            read.append(1)
+            yield line
+
     def create(self, name, *a, **k):
-        created.append(name)
+        if not at_first_write and name != "sentence_to_index":
+            at_first_write.append(len(read))
         return real_create(self, name, *a, **k)
 
-    def batch(b):
-        seen.append(len(created))
-        return real_batch(b)
-
-    seen = []
+    monkeypatch.setattr(PathSource, "lines", counting_lines)
     monkeypatch.setattr(h5py.Group, "create_dataset", create)
-    monkeypatch.setattr(emb, "embed_batch", batch)
-    emb.embed_file(write_lines(tmp_path / "in.txt", SENTENCES), tmp_path / "o.hdf5", batch_size=3, progress=False)
-    assert seen == [0, 3, 6]
+    emb.embed_file(write_lines(tmp_path / "in.txt", lines), tmp_path / "o.hdf5", batch_size=2, progress=False)
+    # first pass (400) + at most the queues' batches of the second pass
+    assert 400 < at_first_write[0] <= 400 + 2 * (QUEUE + 3), at_first_write
+    assert len(read) == 800
 
 
 def test_embed_corpus_checks_arguments(tiny_model, tmp_path):

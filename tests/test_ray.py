@@ -9,6 +9,7 @@ import os
 import re
 import sys
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -16,10 +17,11 @@ import torch
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'elmo_fast[ray]')")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'elmo_fast[ray]')")
 
-from _tiny_model import one_thread, read_h5  # noqa: E402
+from _tiny_model import one_thread  # noqa: E402
 from conftest import FIXTURES  # noqa: E402
 from elmo_fast import ElmoEmbedder, cli  # noqa: E402
 from elmo_fast import ray as elmo_ray  # noqa: E402
+from elmo_fast.corpus import open_embeddings  # noqa: E402
 from tolerances import assert_close  # noqa: E402
 
 if not (FIXTURES / "options.json").exists():
@@ -68,7 +70,6 @@ def _expected(embedder, sentence, layers, pool):
 @pytest.mark.parametrize("layers, pool, warm, workers", [
     pytest.param("all", None, False, 2, id="all-2workers"),
     pytest.param("average", "mean", True, 1, id="average-mean-warm-1worker"),
-    pytest.param("top", None, True, 2, id="top-warm-2workers"),
 ])
 def test_embed_dataset_equals_single_process(oracles, layers, pool, warm, workers):
     ds = elmo_ray.sentences_dataset(SENTENCES, rows_per_block=5)
@@ -102,25 +103,38 @@ def _run(capsys, *argv):
     return rc, out, err
 
 
-def _assert_same_file(got_path, ref_path):
-    got, got_index = read_h5(got_path)
-    ref, ref_index = read_h5(ref_path)
-    assert got_index == ref_index
-    assert sorted(got) == sorted(ref) == sorted(str(i) for i in range(len(SENTENCES)))
-    for k in ref:
-        assert_close(torch.from_numpy(got[k]), torch.from_numpy(ref[k]), msg=f"dataset {k}")
+def _assert_same_output(got_path, ref_path, n=None):
+    """The same file: root attributes (model identity, mode, layout), keys, index, and every
+    sentence's vectors within the fp32 tolerance, read back through open_embeddings."""
+    with h5py.File(got_path, "r") as g, h5py.File(ref_path, "r") as r:
+        assert dict(g.attrs) == dict(r.attrs)
+        assert sorted(g.keys()) == sorted(r.keys())
+        if "sentence_to_index" in r:
+            assert g["sentence_to_index"][0] == r["sentence_to_index"][0]
+    with open_embeddings(str(got_path)) as got, open_embeddings(str(ref_path)) as ref:
+        assert len(got) == len(ref) == (len(SENTENCES) if n is None else n)
+        for i in range(len(ref)):
+            assert_close(torch.from_numpy(np.array(got[i])), torch.from_numpy(np.array(ref[i])), msg=f"sentence {i}")
 
 
-@pytest.mark.parametrize("fmt, extra", [("--all", ["--warm-start"]), ("--average", [])])
-def test_cli_ray_equals_single_process(capsys, tmp_path, fmt, extra):
-    src = _corpus(tmp_path)
+@pytest.mark.parametrize("fmt, extra, empty", [
+    pytest.param("--all", ["--warm-start"], False, id="allennlp-all-warm"),
+    pytest.param("--top", ["--layout", "flat", "--pool", "mean", "--empty-lines", "keep"], True,
+                 id="flat-top-mean-empty-line-kept"),
+    pytest.param("--all", ["--layout", "flat", "--shard", "1/2", "--bucket-window", "8"], False,
+                 id="flat-all-shard-1of2"),
+])
+def test_cli_ray_equals_single_process(capsys, tmp_path, fmt, extra, empty):
+    lines = SENTENCES[:5] + [""] + SENTENCES[5:] if empty else SENTENCES
+    src = _corpus(tmp_path, lines)
     common = [fmt, "--model", MODEL, "--stateless", "--batch-size", "4", *extra]
     rc, _, err = _run(capsys, "embed", src, tmp_path / "single.hdf5", *common, "--no-progress")
     assert rc == 0, err
     rc, _, err = _run(capsys, "embed", src, tmp_path / "ray.hdf5", *common, "--ray", "--workers", "2")
     assert rc == 0, err
-    assert re.search(rf"wrote {len(SENTENCES)} sentences .*Ray: 2 worker", err), err
-    _assert_same_file(tmp_path / "ray.hdf5", tmp_path / "single.hdf5")
+    assert "embedding on Ray: 2 worker(s)" in err and re.search(r"wrote \d+ sentences .*Ray: 2 worker", err), err
+    n = 17 if "--shard" in extra else len(lines)  # shard 1/2 of 5 windows of 8: windows 2-4, sentences 16-32
+    _assert_same_output(tmp_path / "ray.hdf5", tmp_path / "single.hdf5", n)
 
 
 def test_worker_killed_mid_job_is_restarted(capsys, tmp_path, monkeypatch):
@@ -134,7 +148,13 @@ def test_worker_killed_mid_job_is_restarted(capsys, tmp_path, monkeypatch):
     assert rc == 0, err
     # A worker did die (its pid is recorded), and Ray's restart + task retry still gave everything.
     assert (marks / "ray-worker-exit").read_text().isdigit()
-    _assert_same_file(tmp_path / "ray.hdf5", tmp_path / "single.hdf5")
+    _assert_same_output(tmp_path / "ray.hdf5", tmp_path / "single.hdf5")
+
+
+def test_resume_refused(capsys, tmp_path):
+    rc, _, err = _run(capsys, "embed", _corpus(tmp_path), tmp_path / "o.hdf5", "--top", "--model", MODEL,
+                      "--stateless", "--resume", "--ray")
+    assert rc == 2 and "--resume does not work with --ray" in err, err
 
 
 def test_stateful_refused(capsys, tmp_path):

@@ -1,8 +1,10 @@
-"""`elmo-fast embed | info | bench`: the command line.
+"""`elmo-fast embed | merge | info | bench`: the command line.
 
   elmo-fast embed INPUT OUTPUT (--all | --top | --average) [--model NAME_OR_PATH | --options P --weights P]
       allennlp's `allennlp elmo`: one whitespace-tokenised sentence per line -> hdf5 (see
-      `elmo_fast.embedder.embed_corpus` for the layout, batching and atomic writing).
+      `elmo_fast.corpus` for the layouts, batching, pieces, resume and shards).
+  elmo-fast merge OUTPUT SHARD...
+      joins `embed --shard I/N` outputs into the file one process writes.
   elmo-fast info [--json]
       versions, CUDA, configuration, and which backend each op runs on here and why the others don't.
   elmo-fast bench ...
@@ -14,11 +16,14 @@ Errors the user can fix (bad input, missing model or GPU, malformed weights) pri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from typing import Any, Dict, List, Optional
 
@@ -71,6 +76,12 @@ def _add_embed(sub) -> None:
                    help="weights.hdf5 (path or URL); with --options instead of --model")
     r = p.add_argument_group("run")
     r.add_argument("--batch-size", type=int, default=64, help="sentences per batch (default 64)")
+    r.add_argument("--batch-tokens", type=int, metavar="N",
+                   help="at most N tokens per batch, padding included (rows x longest sentence); bounds "
+                        "a batch's memory whatever the sentence lengths (a longer sentence is a batch alone)")
+    r.add_argument("--bucket-window", type=int, metavar="N", default=None,
+                   help="stateless / warm start: sentences are sorted by length inside look-ahead windows "
+                        "of N sentences (default 1024); memory holds one window of outputs")
     dev = r.add_mutually_exclusive_group()
     dev.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     dev.add_argument("--cuda-device", type=int, metavar="N",
@@ -83,17 +94,50 @@ def _add_embed(sub) -> None:
                         "instead of zeros (with --stateless: deterministic and closer to stateful output)")
     r.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                    help="compute dtype (bf16: fp32 accumulation; output is float32 either way)")
+    i = p.add_argument_group("input")
+    i.add_argument("--empty-lines", choices=("error", "skip", "keep"), default="error",
+                   help="empty lines: refuse them (default, as allennlp), skip them, or keep them as "
+                        "zero-token sentences so that sentence i is line i")
     o = p.add_argument_group("output")
+    o.add_argument("--layout", choices=("allennlp", "flat"), default="allennlp",
+                   help="allennlp: one dataset per sentence (default, compatible); flat: per stored layer one "
+                        "[total_tokens, D] dataset + offsets, much faster to write and read")
+    o.add_argument("--dtype-out", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="dtype of the stored vectors (bfloat16: uint16 bits with a dtype attribute; "
+                        "elmo_fast.open_embeddings decodes it)")
+    o.add_argument("--pool", choices=("none", "mean"), default="none",
+                   help="mean: one vector per sentence (the mean over its tokens) instead of one per token")
     o.add_argument("--forget-sentences", action="store_true",
                    help="omit the 'sentence_to_index' dataset")
     o.add_argument("--use-sentence-keys", action="store_true",
                    help="key each dataset by its sentence instead of its line index (sentences must be "
                         "distinct)")
     o.add_argument("--no-progress", action="store_true", help="no progress bar or summary")
+    j = p.add_argument_group("long jobs")
+    j.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run into OUTPUT from its completed pieces (stateless / warm "
+                        "start; the result equals an uninterrupted run's)")
+    j.add_argument("--shard", metavar="I/N",
+                   help="embed only shard I of N (contiguous ranges of sentences; stateless); join the shard "
+                        "outputs with `elmo-fast merge`")
+    j.add_argument("--piece-sentences", type=int, default=100_000, metavar="N",
+                   help="a completed piece (what --resume keeps) every N sentences (default 100000) or 10 "
+                        "minutes, whichever comes first")
     from .ray import add_cli_arguments  # imports without Ray; --ray itself needs the [ray] extra
 
     add_cli_arguments(p)
     p.set_defaults(func=cmd_embed)
+
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="join shard outputs into one file",
+                       description="Joins the outputs of `elmo-fast embed --shard I/N` runs (any order; their "
+                                   "sentence ranges must follow each other, from one model and the same "
+                                   "settings) into OUTPUT, the file one process would have written. OUTPUT "
+                                   "is written under a temporary name and renamed into place when complete.")
+    p.add_argument("output_file", metavar="OUTPUT", help="output hdf5 file")
+    p.add_argument("shards", metavar="SHARD", nargs="+", help="shard output files")
+    p.set_defaults(func=cmd_merge)
 
 
 def _add_info(sub) -> None:
@@ -122,9 +166,10 @@ def build_parser(bench_module=None) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog=PROG, description="A fast, faithful ELMo engine.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{embed,info,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{embed,merge,info,bench}")
     sub.required = True
     _add_embed(sub)
+    _add_merge(sub)
     _add_info(sub)
     _add_bench(sub, bench_module)
     return parser
@@ -176,46 +221,104 @@ def _check_device(name: str) -> str:
         raise CliError(_describe(e)) from None
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM / SIGHUP, handled like Ctrl-C: the job stops cleanly, completed pieces stay."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_stop_the_job():
+    def handler(signum, frame):
+        raise _Terminated(signum)
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def cmd_embed(args) -> int:
     import torch
 
-    from .embedder import ElmoEmbedder, _check_sentence_keys, check_output_path, embed_corpus, read_sentences
+    from .corpus import EmbedderModel, parse_shard, prepare, run
+    from .embedder import ElmoEmbedder
+    from .ray import check_cli_arguments, run_job_on_ray
 
-    model, options, weights = args.model, args.options, args.weights
-    if model is None and (options is None) != (weights is None):
-        model, options, weights = options or weights, None, None  # its partner is looked up beside it
-    elif model is None and options is None:
-        model = "original"
-    if args.ray is not None:
-        from .ray import embed_corpus_cli
-
-        return embed_corpus_cli(args, model, options, weights)
-    if args.workers != 1 or args.gpus_per_worker:
-        raise CliError("--workers and --gpus-per-worker need --ray")
-    if args.batch_size < 1:
-        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_cli_arguments(args)  # --ray's own rules first (stateless, no --device, no --resume)
+    for flag, value, low in (("--batch-size", args.batch_size, 1), ("--batch-tokens", args.batch_tokens, 1),
+                             ("--bucket-window", args.bucket_window, 1), ("--piece-sentences", args.piece_sentences, 1)):
+        if value is not None and value < low:
+            raise CliError(f"{flag} must be at least {low}, got {value}")
+    if args.use_sentence_keys and args.layout != "allennlp":
+        raise CliError("--use-sentence-keys needs --layout allennlp (the flat layout indexes sentences by number)")
+    stateful = not args.stateless
+    if stateful and args.shard:
+        raise CliError("--shard needs --stateless: in stateful mode each sentence's numbers depend on the state "
+                       "carried from every sentence before it, so a shard cannot start in the middle")
+    shard = parse_shard(args.shard) if args.shard else None
     # Everything that can be checked without the model is checked first.
     device = _device(args)
-    source = sys.stdin.buffer if args.input_file == "-" else args.input_file
-    sentences = read_sentences(source)
-    if args.use_sentence_keys:
-        _check_sentence_keys(sentences)
-    check_output_path(args.output_file)
     progress = not args.no_progress
-    start = time.perf_counter()
-    embedder = ElmoEmbedder(options, weights, model=model, stateful=not args.stateless,
-                            warm_start=args.warm_start, device=device,
-                            dtype=getattr(torch, DTYPES[args.dtype]), progress=progress)
-    embed_corpus(embedder, sentences, args.output_file, output_format=args.output_format,
-                 batch_size=args.batch_size, forget_sentences=args.forget_sentences,
-                 use_sentence_keys=args.use_sentence_keys, progress=progress)
+    source = sys.stdin.buffer if args.input_file == "-" else args.input_file
+    job = prepare(source, args.output_file, output_format=args.output_format, batch_size=args.batch_size,
+                  batch_tokens=args.batch_tokens, window=args.bucket_window, layout=args.layout,
+                  dtype_out=args.dtype_out, pool=args.pool, forget_sentences=args.forget_sentences,
+                  use_sentence_keys=args.use_sentence_keys, empty_lines=args.empty_lines, resume=args.resume,
+                  shard=shard, piece_sentences=args.piece_sentences, progress=progress,
+                  notice=lambda msg: print(f"{PROG}: {msg}", file=sys.stderr))
+    try:
+        model, options, weights = args.model, args.options, args.weights
+        if model is None and (options is None) != (weights is None):
+            model, options, weights = options or weights, None, None  # its partner is looked up beside it
+        elif model is None and options is None:
+            model = "original"
+        start = time.perf_counter()
+        with _signals_stop_the_job():
+            try:
+                if args.ray is not None:
+                    result = run_job_on_ray(job, args, model, options, weights)
+                    device = f"Ray: {args.workers} worker(s) x {args.gpus_per_worker:g} GPU"
+                else:
+                    embedder = ElmoEmbedder(options, weights, model=model, stateful=stateful,
+                                            warm_start=args.warm_start, device=device,
+                                            dtype=getattr(torch, DTYPES[args.dtype]), progress=progress)
+                    result = run(job, EmbedderModel(embedder), batching="input" if stateful else "bucket")
+            except _Terminated as e:
+                _err(f"terminated by {signal.Signals(e.signum).name}; completed pieces (if any) are kept for "
+                     "--resume")
+                return 128 + e.signum
+    finally:
+        job.close()
     if progress:
-        tokens = sum(len(s.split()) for s in sentences)
         secs = time.perf_counter() - start
-        print(f"{PROG}: wrote {len(sentences)} sentences ({tokens} tokens, {args.output_format}, "
-              f"{'stateless' if args.stateless else 'stateful'}{', warm start' if args.warm_start else ''}, "
-              f"{device}, {args.dtype}) to "
-              f"{args.output_file} in {secs:.1f} s", file=sys.stderr)
+        mode = "stateful" if stateful else "stateless"
+        print(f"{PROG}: wrote {result.sentences} sentences ({job.scan.tokens} tokens, {args.output_format}, "
+              f"{args.layout}, {args.dtype_out}{', mean-pooled' if args.pool == 'mean' else ''}, {mode}"
+              f"{', warm start' if args.warm_start else ''}, {device}, {args.dtype}) to {args.output_file} "
+              f"in {secs:.1f} s ({result.tokens / max(secs, 1e-9):,.0f} tokens/s"
+              f"{f', resumed at sentence {result.resumed_from}' if result.resumed_from else ''})",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .corpus import EmbeddingsError, merge_into
+
+    start = time.perf_counter()
+    try:
+        n = merge_into(args.output_file, args.shards)
+    except EmbeddingsError as e:
+        raise CliError(str(e)) from None
+    print(f"{PROG}: merged {len(args.shards)} files ({n} sentences) into {args.output_file} in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
 
 

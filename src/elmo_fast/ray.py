@@ -10,7 +10,9 @@ without Ray; using it without Ray raises ImportError naming the extra.
     embedding: [B] float32 arrays}``.
   * `embed_dataset(ds, ...)`: that map on a fixed-size actor pool whose resources are sized from
     what the cluster has; the result is keyed by the input's sentence index.
-  * `embed_corpus_cli(args)`: ``elmo-fast embed ... --ray [ADDRESS] --workers N``.
+  * `run_job_on_ray(job, ...)`: ``elmo-fast embed ... --ray [ADDRESS] --workers N``: the corpus
+    job (`elmo_fast.corpus`: reader, checks, layouts, pieces, manifest) with its model stage
+    answered by the actors (`RayModel`).
 
 Only stateless and warm-start outputs are computed here: their numbers depend on the sentence
 alone, so they equal the single-process job's whatever the scheduling. Stateful mode is refused.
@@ -24,14 +26,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
-import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["BatchEmbedder", "embed_dataset", "require_ray", "worker_cpus", "sentences_dataset",
-           "ordered_embeddings", "RAY_INSTALL_HINT", "STATEFUL_REFUSED"]
+__all__ = ["BatchEmbedder", "RayModel", "embed_dataset", "require_ray", "worker_cpus", "sentences_dataset",
+           "ordered_embeddings", "run_job_on_ray", "RAY_INSTALL_HINT", "STATEFUL_REFUSED"]
 
 RAY_INSTALL_HINT = "pip install 'elmo_fast[ray]'"
 LAYERS = ("all", "top", "average")
@@ -249,43 +249,60 @@ def embed_dataset(ds, model: Optional[str] = None, *, options_file: Optional[str
                           num_gpus=gpus_per_worker or None, batch_format="numpy")
 
 
-def sentences_dataset(sentences: Sequence[str], rows_per_block: int = 1024):
-    """A Ray Dataset of ``{"index": int64, "text": str}`` rows from checked sentences, in blocks of
-    rows_per_block (blocks are the unit Ray Data hands to workers)."""
+def sentences_dataset(sentences: Iterable, rows_per_block: int = 1024):
+    """A Ray Dataset of ``{"index": int64, "text": str}`` rows, in blocks of rows_per_block (blocks
+    are the unit Ray Data hands to workers). sentences: strings (indexed 0, 1, ...) or
+    (index, text) pairs."""
     import pyarrow as pa
 
     ray = require_ray()
-    blocks = [pa.table({"index": np.arange(a, min(a + rows_per_block, len(sentences)), dtype=np.int64),
-                        "text": pa.array(sentences[a:a + rows_per_block], type=pa.string())})
-              for a in range(0, len(sentences), rows_per_block)]
+    blocks, index, text = [], [], []
+
+    def flush():
+        blocks.append(pa.table({"index": pa.array(index, type=pa.int64()), "text": pa.array(text, pa.string())}))
+        index.clear()
+        text.clear()
+
+    for k, item in enumerate(sentences):
+        i, t = (k, item) if isinstance(item, str) else item
+        index.append(int(i))
+        text.append(t)
+        if len(index) == rows_per_block:
+            flush()
+    if index or not blocks:
+        flush()
     return ray.data.from_arrow(blocks)
 
 
-def ordered_embeddings(embedded, n: int) -> Iterator[np.ndarray]:
-    """The embeddings of sentences 0 .. n-1 of an `embed_dataset` result, in index order.
+def ordered_embeddings(embedded, indexes) -> Iterator[np.ndarray]:
+    """The embeddings of an `embed_dataset` result in the order of `indexes` (increasing sentence
+    indexes, or n for 0 .. n-1).
 
     Rows arrive in whatever order Ray finishes them; the ones ahead of the next index wait in a
     buffer (in practice a few batches: Ray Data runs blocks roughly in order). Raises RuntimeError
-    for an index outside 0 .. n-1, an index seen twice, or an index missing at the end.
+    for an index not asked for, an index seen twice, or one missing at the end.
     """
+    indexes = np.arange(indexes, dtype=np.int64) if isinstance(indexes, int) else np.asarray(indexes, np.int64)
+    n = len(indexes)
     pending: Dict[int, np.ndarray] = {}
     seen = np.zeros(n, dtype=bool)
     nxt = 0
     for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
         for i, emb in zip(batch["index"].tolist(), batch["embedding"]):
-            if not 0 <= i < n:
-                raise RuntimeError(f"Ray returned sentence index {i}, outside 0..{n - 1}")
-            if seen[i]:
+            pos = int(np.searchsorted(indexes, i))
+            if pos == n or indexes[pos] != i:
+                raise RuntimeError(f"Ray returned sentence index {i}, which was not sent")
+            if seen[pos]:
                 raise RuntimeError(f"Ray returned sentence {i} twice")
-            seen[i] = True
-            pending[i] = emb
+            seen[pos] = True
+            pending[pos] = emb
         while nxt in pending:
             yield pending.pop(nxt)
             nxt += 1
     if nxt < n:
         missing = np.flatnonzero(~seen)
-        raise RuntimeError(f"Ray returned no embedding for {len(missing)} sentence(s), the first at "
-                           f"index {int(missing[0])}")
+        raise RuntimeError(f"Ray returned no embedding for {len(missing)} sentence(s), the first being "
+                           f"sentence {int(indexes[missing[0]])}")
 
 
 # ------------------------------------------------------------------------------ elmo-fast embed --ray
@@ -302,20 +319,69 @@ def add_cli_arguments(parser) -> None:
                    help="GPUs each actor reserves (with --ray; default 0: CPU workers; 0.5 puts two on a GPU)")
 
 
-class _RayResults:
-    """Stands in for an ElmoEmbedder inside `embed_corpus`: its batches, which come in input order,
-    are answered from the Ray results, read in index order."""
+def check_cli_arguments(args) -> None:
+    """--ray's rules, checked before anything else: CliError for what cannot run on Ray."""
+    from .cli import CliError
 
-    def __init__(self, stream: Iterator[np.ndarray]):
-        self._stream = stream
+    if args.ray is None:
+        if args.workers != 1 or args.gpus_per_worker:
+            raise CliError("--workers and --gpus-per-worker need --ray")
+        return
+    try:
+        require_ray()
+    except ImportError as e:
+        raise CliError(str(e)) from None
+    if not args.stateless:
+        raise CliError(f"--ray needs --stateless: {STATEFUL_REFUSED}")
+    if args.device is not None or args.cuda_device is not None:
+        raise CliError("--device / --cuda-device do not apply with --ray: each worker runs on the GPU(s) "
+                       "Ray gives it (--gpus-per-worker G) or on the CPU (G = 0)")
+    if args.resume:
+        raise CliError("--resume does not work with --ray: the pieces to skip are known only inside the job; "
+                       "resume without --ray, or remove the earlier run's folder and start again")
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, got {args.workers}")
+    if not args.gpus_per_worker >= 0:
+        raise CliError(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker}")
 
-    def embed_batch(self, batch: List[List[str]]) -> List[np.ndarray]:
-        out = [next(self._stream) for _ in batch]
-        for tokens, emb in zip(batch, out):
-            if emb.shape[-2] != len(tokens):
-                raise RuntimeError(f"a Ray result has {emb.shape[-2]} tokens where its sentence has "
-                                   f"{len(tokens)}")
-        return out
+
+class RayModel:
+    """The corpus job's model stage (`elmo_fast.corpus.run`'s model interface), answered by Ray.
+
+    The job runs with batching="input", so its batches hold the sentences with tokens in sentence
+    order; each call takes the next B results of `stream` (all layers, float32, from the actors) and
+    lays them out as the engine would: activations [B, L, T, D] (zeros past each sentence), mask
+    [B, T]. The job then selects layers, pools, converts and writes exactly as it does for the
+    single-process engine. identity(): the single-process model's, with the workers' device kind.
+    """
+
+    stateful = False
+
+    def __init__(self, stream: Iterator[np.ndarray], identity: Dict[str, Any], num_layers: int, dim: int):
+        import torch
+
+        self.stream, self._identity = stream, identity
+        self.num_layers, self.dim = num_layers, dim
+        self.device = torch.device("cpu")  # where the job's later stages get the activations
+
+    def identity(self) -> Dict[str, Any]:
+        return dict(self._identity)
+
+    def __call__(self, ids):
+        import torch
+
+        B, T = ids.shape[0], ids.shape[1]  # batch_to_ids: [B, T, 50], no <S> / </S> (the BiLm adds them)
+        lengths = (ids > 0).any(-1).sum(1)  # real tokens per row
+        acts = torch.zeros(B, self.num_layers, T, self.dim)
+        for r, n in enumerate(lengths.tolist()):
+            emb = next(self.stream, None)
+            if emb is None:
+                raise RuntimeError("Ray returned fewer sentences than the job has")
+            if emb.shape != (self.num_layers, n, self.dim):
+                raise RuntimeError(f"a Ray result has shape {emb.shape} where its sentence needs "
+                                   f"{(self.num_layers, n, self.dim)}")
+            acts[r, :, :n] = torch.from_numpy(np.array(emb))
+        return acts, torch.arange(T)[None, :] < lengths[:, None]
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -324,61 +390,48 @@ def _unwrap(exc: BaseException) -> BaseException:
     while id(exc) not in seen:
         seen.add(id(exc))
         cause = getattr(exc, "cause", None)
-        if isinstance(cause, BaseException):
-            exc = cause
-            continue
-        break
+        if not isinstance(cause, BaseException):
+            break
+        exc = cause
     return exc
 
 
-def embed_corpus_cli(args, model: Optional[str], options: Optional[str], weights: Optional[str]) -> int:
-    """`elmo-fast embed INPUT OUTPUT ... --ray [ADDRESS] --workers N [--gpus-per-worker G]`.
+def run_job_on_ray(job, args, model: Optional[str], options: Optional[str], weights: Optional[str]):
+    """`elmo-fast embed ... --ray`: a prepared corpus job (elmo_fast.corpus.prepare: the input and
+    output already checked, with the single-process job's messages) embedded on a Ray actor pool,
+    written by the corpus job's own writer (same layouts, pieces, manifest). Returns its Result."""
+    from .cli import CliError
+    from .corpus import EmbedderModel, run
+    from .corpus.reader import sentences
+    from .embedder import ElmoEmbedder
 
-    The input is read and checked on the driver, by the same code and with the same messages as
-    the single-process job, before Ray starts. Sentences go to the actors as a Ray Dataset; their
-    embeddings come back in sentence order and go through the single-process job's writer, so the
-    file has the same layout (and, stateless or warm-start, the same numbers within 1e-6).
-    """
-    from .cli import PROG, CliError
-    from .download import resolve_model
-    from .embedder import _check_sentence_keys, check_output_path, embed_corpus, read_sentences
-    from .weights import load_model
-
-    try:
-        ray = require_ray()
-    except ImportError as e:
-        raise CliError(str(e)) from None
-    if not args.stateless:
-        raise CliError(f"--ray needs --stateless: {STATEFUL_REFUSED}")
-    if args.device is not None or args.cuda_device is not None:
-        raise CliError("--device / --cuda-device do not apply with --ray: each worker runs on the GPU(s) "
-                       "Ray gives it (--gpus-per-worker G) or on the CPU (G = 0)")
-    if args.workers < 1:
-        raise CliError(f"--workers must be at least 1, got {args.workers}")
-    if not args.gpus_per_worker >= 0:
-        raise CliError(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker}")
-    if args.batch_size < 1:
-        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
-    source = sys.stdin.buffer if args.input_file == "-" else args.input_file
-    sentences = read_sentences(source)
-    if args.use_sentence_keys:
-        _check_sentence_keys(sentences)
-    check_output_path(args.output_file)
-    progress = not args.no_progress
-    # Resolved and loaded here once, so a missing or malformed model is reported before Ray starts,
-    # with the single-process job's message (and a registry model is in this node's cache before
-    # its workers look for it). The weights are dropped again: the workers load their own.
-    load_model(*resolve_model(model, options_file=options, weight_file=weights, progress=progress))
+    ray = require_ray()
+    # The model is loaded once here: a missing or malformed model gets the single-process message
+    # before Ray starts, a registry model lands in this node's cache before its workers look for it,
+    # and the job records the same model identity as a single-process run.
+    base = EmbedderModel(ElmoEmbedder(options, weights, model=model, stateful=False, warm_start=args.warm_start,
+                                      device="cpu", dtype=_torch_dtype(args.dtype), progress=job.progress))
+    identity = dict(base.identity(), device_type="cuda" if args.gpus_per_worker else "cpu")
+    num_layers, dim = base.num_layers, base.dim
+    del base
 
     started = not ray.is_initialized()
     if started:
         ray.init(address=args.ray or None, logging_level=logging.WARNING, include_dashboard=False)
-    start = time.perf_counter()
     try:
-        ray.data.DataContext.get_current().enable_progress_bars = False  # ours is the bar
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the job's bar is the one
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         per_call = 4
-        ds = sentences_dataset(sentences, rows_per_block=args.batch_size * per_call)
+        sent: List[int] = []
+
+        def with_tokens():  # sentences without tokens are in no batch of the job: no model work
+            for k, _, text in sentences(job.source, job.empty_lines, job.first, job.stop):
+                if text.split():
+                    sent.append(k)
+                    yield k, text
+
+        ds = sentences_dataset(with_tokens(), rows_per_block=args.batch_size * per_call)
+        indexes = np.asarray(sent, dtype=np.int64)
         try:
             embedded = embed_dataset(ds, model, options_file=options, weight_file=weights, layers="all",
                                      warm_start=args.warm_start, dtype=args.dtype, workers=args.workers,
@@ -386,11 +439,10 @@ def embed_corpus_cli(args, model: Optional[str], options: Optional[str], weights
                                      batches_per_call=per_call)
         except ValueError as e:
             raise CliError(str(e)) from None
-        results = _RayResults(ordered_embeddings(embedded, len(sentences)))
+        job.notice(f"embedding on Ray: {args.workers} worker(s), {args.gpus_per_worker:g} GPU(s) each")
         try:
-            embed_corpus(results, sentences, args.output_file, output_format=args.output_format,
-                         batch_size=args.batch_size, forget_sentences=args.forget_sentences,
-                         use_sentence_keys=args.use_sentence_keys, progress=progress, by_length=False)
+            return run(job, RayModel(ordered_embeddings(embedded, indexes), identity, num_layers, dim),
+                       batching="input")
         except ray.exceptions.RayError as e:
             inner = _unwrap(e)
             if inner is e:  # Ray's own failure (e.g. a worker died more often than Ray retries)
@@ -399,11 +451,3 @@ def embed_corpus_cli(args, model: Optional[str], options: Optional[str], weights
     finally:
         if started:
             ray.shutdown()
-    if progress:
-        tokens = sum(len(s.split()) for s in sentences)
-        secs = time.perf_counter() - start
-        print(f"{PROG}: wrote {len(sentences)} sentences ({tokens} tokens, {args.output_format}, stateless"
-              f"{', warm start' if args.warm_start else ''}, Ray: {args.workers} worker(s), "
-              f"{args.gpus_per_worker:g} GPU(s) each, {args.dtype}) to {args.output_file} in {secs:.1f} s "
-              f"({tokens / max(secs, 1e-9):.0f} tokens/s)", file=sys.stderr)
-    return 0

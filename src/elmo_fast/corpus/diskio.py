@@ -1,0 +1,163 @@
+"""Output files that fail cleanly: a full disk or an I/O error is one exception, never a crash.
+
+h5py's own file driver reports a failed write from deep inside HDF5 (and, on a full disk, can crash
+in `File.close` after hundreds of "Exception ignored" messages). Here HDF5 writes through a Python
+file object (`driver="fileobj"`) that records the first failure, drops every later write (the file
+is deleted anyway), and lets the caller raise `OutputWriteError`, naming the user's output path.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from typing import IO, Optional
+
+_BUFFER = 1 << 20  # coalesces HDF5's many small metadata writes
+
+
+class OutputWriteError(OSError):
+    """Writing the output failed (no space left, quota, I/O error): one line naming the output."""
+
+
+def describe_failure(exc: OSError, output: str) -> OutputWriteError:
+    """An OSError met while writing `output` -> the one-line error the user sees."""
+    if isinstance(exc, OutputWriteError):
+        return exc
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+        return OutputWriteError(exc.errno, f"{what} writing {output} ({exc.filename or 'output'}); free some "
+                                "space and run again with --resume to keep the completed pieces")
+    reason = exc.strerror or str(exc)
+    return OutputWriteError(exc.errno or errno.EIO, f"cannot write {output}: {reason} ({exc.filename or 'output'})")
+
+
+class GuardedFile:
+    """A binary file for h5py's fileobj driver. After the first failed write or flush it keeps
+    `failure` (an OSError with the path) and ignores further writes, so HDF5 never sees an error."""
+
+    def __init__(self, path: str, mode: str = "w+b", opener=open):
+        self.path = path
+        self.f: IO[bytes] = opener(path, mode, buffering=_BUFFER) if opener is open else opener(path, mode)
+        self.failure: Optional[OSError] = None
+        self._pos = 0
+
+    def _fail(self, e: OSError) -> None:
+        if self.failure is None:
+            e.filename = e.filename or self.path
+            self.failure = e
+
+    # -- the file-object protocol h5py uses
+    def write(self, b) -> int:
+        n = len(memoryview(b).cast("B"))
+        if self.failure is None:
+            try:
+                self.f.write(b)
+            except OSError as e:
+                self._fail(e)
+        self._pos += n
+        return n
+
+    def read(self, n: int = -1) -> bytes:
+        if self.failure is not None:
+            return b""
+        data = self.f.read(n)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        if self.failure is not None:
+            return 0
+        n = self.f.readinto(b)
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if self.failure is None:
+            try:
+                self._pos = self.f.seek(offset, whence)
+                return self._pos
+            except OSError as e:  # a buffered file flushes on seek
+                self._fail(e)
+        self._pos = offset if whence == 0 else self._pos + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos if self.failure is not None else self.f.tell()
+
+    def truncate(self, size: Optional[int] = None) -> int:
+        if self.failure is None:
+            try:
+                return self.f.truncate(size)
+            except OSError as e:
+                self._fail(e)
+        return size or 0
+
+    def flush(self) -> None:
+        if self.failure is None:
+            try:
+                self.f.flush()
+            except OSError as e:
+                self._fail(e)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            if self.failure is None:
+                os.fsync(self.f.fileno())
+        except OSError as e:
+            self._fail(e)
+        finally:
+            try:
+                self.f.close()
+            except OSError as e:
+                self._fail(e)
+
+    def check(self, output: str) -> None:
+        """Raises OutputWriteError for the first failure seen, naming `output`."""
+        if self.failure is not None:
+            raise describe_failure(self.failure, output)
+
+
+class H5Output:
+    """An hdf5 file being written through a GuardedFile: `with H5Output(path, output) as (f, guard)`.
+    On leaving, the file is closed; a failure seen at any point raises OutputWriteError."""
+
+    def __init__(self, path: str, output: str, libver: str = "latest"):
+        import h5py
+
+        self.output = output
+        self.guard = GuardedFile(path)
+        self.h5 = h5py.File(self.guard, "w", libver=libver)
+
+    def check(self) -> None:
+        self.guard.check(self.output)
+
+    def close(self) -> None:
+        try:
+            if self.h5.id.valid:
+                self.h5.close()
+        finally:
+            self.guard.close()
+        self.check()
+
+    def abort(self) -> None:
+        """Closes without caring whether the data reached the disk (the file is being deleted)."""
+        self.guard.failure = self.guard.failure or OSError(errno.ECANCELED, "aborted", self.guard.path)
+        try:
+            if self.h5.id.valid:
+                self.h5.close()
+        except Exception:  # noqa: BLE001 - nothing written now matters
+            pass
+        try:
+            self.guard.f.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self.h5
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False

@@ -1,0 +1,146 @@
+"""Concatenating output files of consecutive sentence ranges (a run's pieces, or shards) into one.
+
+`merge_files(parts, output)` checks that the parts are elmo-fast outputs of one model, layout and
+settings, that their ranges follow each other, and writes one file whose contents equal what one
+process writes for the whole range (allennlp layout: the same datasets and sentence_to_index; flat:
+the datasets concatenated, offsets shifted). Written atomically; a failure leaves `output` as it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from .._atomic import atomic_path
+from .diskio import H5Output, describe_failure
+from .embeddings import EmbeddingsError, _File
+from .layouts import write_index
+
+_COPY_BYTES = 64 << 20
+# attributes that may differ between parts; all the others must be equal
+_PER_PART = {"first_sentence", "n_sentences", "total_tokens", "shard"}
+
+
+def _open_parts(paths: Sequence[str]) -> List[_File]:
+    files: List[_File] = []
+    try:
+        for p in paths:
+            f = _File(p)
+            if f.attrs.get("format") != "elmo-fast":
+                raise EmbeddingsError(f"{p} was not written by elmo-fast (no layout attributes): cannot merge it")
+            files.append(f)
+    except BaseException:
+        for f in files:
+            f.close()
+        raise
+    files.sort(key=lambda f: f.first)
+    first = files[0]
+    for f in files[1:]:
+        for k in sorted(set(first.attrs) | set(f.attrs)):
+            if k not in _PER_PART and first.attrs.get(k) != f.attrs.get(k):
+                raise EmbeddingsError(f"cannot merge {f.path} with {first.path}: their {k} differ "
+                                      f"({f.attrs.get(k)!r} vs {first.attrs.get(k)!r})")
+    pos = first.first
+    for f in files:
+        if f.first != pos:
+            what = "missing" if f.first > pos else "overlapping"
+            raise EmbeddingsError(f"cannot merge: {f.path} starts at sentence {f.first} but the parts before it "
+                                  f"end at {pos} ({what} sentences {min(pos, f.first)}-{max(pos, f.first) - 1})")
+        pos += f.n
+    return files
+
+
+def merge_files(paths: Sequence[str], output: str, label: Optional[str] = None,
+                progress: Optional[Callable[[int], None]] = None) -> None:
+    """Writes the concatenation of `paths` (any order; ranges must follow each other) to `output`."""
+    if not paths:
+        raise ValueError("nothing to merge")
+    label = label or output
+    files = _open_parts(paths)
+    try:
+        with atomic_path(output) as tmp:
+            out = H5Output(tmp, label)
+            try:
+                _copy(files, out.h5, progress)
+                out.check()
+            except BaseException:
+                out.abort()
+                raise
+            out.close()
+    except OSError as e:
+        raise describe_failure(e, label) from None
+    finally:
+        for f in files:
+            f.close()
+
+
+def _copy(files: List[_File], dst, progress) -> None:
+    first = files[0]
+    attrs = dict(first.f.attrs)
+    attrs["first_sentence"] = first.first
+    attrs["n_sentences"] = sum(f.n for f in files)
+    attrs.pop("shard", None)
+    if first.layout == "allennlp":
+        index = {}
+        has_index = "sentence_to_index" in first.f
+        for f in files:
+            for key in f.f.keys():
+                if key == "sentence_to_index":
+                    index.update(json.loads(f.f[key][0]))
+                else:
+                    f.f.copy(f.f[key], dst, name=key)
+            if progress:
+                progress(f.n)
+        if has_index:
+            write_index(dst, index)
+    else:
+        _copy_flat(files, dst, progress)
+        attrs["total_tokens"] = int(sum(int(f.f.attrs["total_tokens"]) for f in files))
+    dst.attrs.update(attrs)
+
+
+def _copy_flat(files: List[_File], dst, progress) -> None:
+    first = files[0]
+    names = list(first.stored) + ["lines"] + (["sentences"] if "sentences" in first.f else [])
+    for name in names:
+        src0 = first.f[name]
+        total = sum(f.f[name].shape[0] for f in files)
+        ds = dst.create_dataset(name, (total,) + src0.shape[1:], dtype=src0.dtype, chunks=src0.chunks)
+        for k, v in src0.attrs.items():
+            ds.attrs[k] = v
+        pos = 0
+        for f in files:
+            src = f.f[name]
+            row_bytes = max(1, src.dtype.itemsize * int(np.prod(src.shape[1:], dtype=np.int64)))
+            step = max(1, _COPY_BYTES // row_bytes)
+            for a in range(0, src.shape[0], step):
+                block = src[a:a + step]
+                ds[pos + a:pos + a + len(block)] = block
+            pos += src.shape[0]
+    offsets = [np.zeros(1, np.int64)]
+    base = 0
+    for f in files:
+        o = f.f["offsets"][()]
+        offsets.append(o[1:] + base)
+        base += int(o[-1])
+        if progress:
+            progress(f.n)
+    dst.create_dataset("offsets", data=np.concatenate(offsets), chunks=True)
+
+
+def merge_into(output: str, paths: Sequence[str]) -> int:
+    """`elmo-fast merge OUTPUT PART...`: checks, merges; returns the number of sentences."""
+    out = os.path.abspath(output)
+    for p in paths:
+        if not os.path.exists(p):
+            raise EmbeddingsError(f"no such file to merge: {p}")
+        if os.path.exists(out) and os.path.samefile(p, out):
+            raise EmbeddingsError(f"the output {output} is also one of the files to merge")
+    files = _open_parts(paths)
+    n = sum(f.n for f in files)
+    for f in files:
+        f.close()
+    merge_files(paths, out, label=output)
+    return n

@@ -1,0 +1,554 @@
+"""The corpus job: a one-way pipeline with bounded queues (GUIDE section 9).
+
+    reader -> batcher -> batch_to_ids          [feeder thread]
+      -> model, select / pool / convert dtype   [main thread; CUDA: pinned buffers, non-blocking d2h]
+      -> assemble windows -> layout -> pieces    [writer thread]
+
+`prepare(...)` does everything that needs no model (argument checks, the first pass over the
+input, output path checks, stale temporaries); `run(job, model)` then embeds. `embed_corpus` does
+both. Any stage's error stops every stage: the feeder and the model stop at their next batch, the
+in-progress piece is deleted, completed pieces stay for `resume=True`, and the error is raised in
+the calling thread as it was raised. The output appears only when complete (see manifest.py).
+
+Memory is bounded by the queues, never the corpus: the feeder holds one window of sentences
+(tokens only) plus QUEUE batches of character ids, the writer one window of outputs in the stored
+dtype (window x mean tokens x stored layers x D x itemsize), the model one batch, whose output
+tensors the token budget bounds: batch_tokens x (n_layers + 1) x D x 4 bytes for the activations.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .. import _atomic
+from ..chars import batch_to_ids
+from .batching import Window, check_limits, windows
+from .diskio import H5Output, describe_failure
+from .layouts import OutputSpec, WindowOut, make_writer, to_storage
+from .manifest import Manifest, ResumeError, WorkDir, file_sha256, job_difference, model_identity
+from .merge import merge_files
+from .outpath import check_output_path
+from .reader import Scan, Source, open_source, scan, sentences
+
+QUEUE = 4  # batches in flight between stages
+DEFAULT_WINDOW = 1024
+DEFAULT_PIECE_SENTENCES = 100_000
+DEFAULT_PIECE_SECONDS = 600.0
+_POLL = 0.1
+
+
+# ------------------------------------------------------------------------------------------ model
+class EmbedderModel:
+    """The model stage over an ElmoEmbedder: ids [B, T+2, 50] -> activations [B, L, T, D] (float32,
+    boundaries removed), mask [B, T]; the same computation as `ElmoEmbedder.embed_batch`."""
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+        self.bilm = embedder.elmo_bilm
+        self.device = embedder.device
+        self.stateful = self.bilm.stateful
+        self.num_layers = self.bilm.num_layers
+        self.dim = self.bilm.get_output_dim()
+
+    def __call__(self, ids: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        from ..modules import remove_sentence_boundaries
+
+        with torch.inference_mode():
+            out = self.bilm(ids)
+            layers = [remove_sentence_boundaries(a, out["mask"]) for a in out["activations"]]
+            return torch.stack([a for a, _ in layers], 1).float(), layers[0][1]
+
+    def identity(self) -> Dict[str, Any]:
+        """What makes this model's numbers: weights, options, mode, dtype, device kind."""
+        o = self.bilm.options
+        return {"model_sha256": model_identity(self.bilm),
+                "options": {k: (v if isinstance(v, (int, float, str, bool, list, type(None))) else str(v))
+                            for k, v in sorted(vars(o).items())},
+                "mode": "stateful" if self.stateful else "stateless", "warm_start": bool(self.bilm.warm_start),
+                "compute_dtype": str(self.embedder.dtype).replace("torch.", ""),
+                "device_type": self.device.type}
+
+
+def select_layers(acts: torch.Tensor, output_format: str) -> torch.Tensor:
+    """[B, L, T, D] -> [B, L_s, T, D]: all layers, the top one, or their average. The average is
+    summed layer by layer, in order, then divided: the same float32 operations as np.average."""
+    if output_format == "all":
+        return acts
+    if output_format == "top":
+        return acts[:, -1:]
+    total = acts[:, 0].clone()
+    for k in range(1, acts.shape[1]):
+        total += acts[:, k]
+    return (total / acts.shape[1]).unsqueeze(1)
+
+
+# ------------------------------------------------------------------------------------------- job
+@dataclass
+class Job:
+    """A prepared corpus job (see `prepare`)."""
+
+    source: Source
+    scan: Scan
+    output: str            # absolute path
+    label: str             # the path as the user gave it, for messages
+    spec: OutputSpec
+    batching: Optional[str]
+    batch_size: int
+    batch_tokens: Optional[int]
+    window: int
+    empty_lines: str
+    resume: bool
+    shard: Optional[Tuple[int, int]]
+    piece_sentences: int
+    piece_seconds: float
+    progress: bool
+    notice: Callable[[str], None]
+    first: int = 0         # the sentence range this job writes
+    stop: int = 0
+
+    def close(self) -> None:
+        self.source.close()
+
+
+@dataclass
+class Result:
+    """sentences: in the output; tokens / seconds: computed by this run (a resumed run counts only
+    what it computed)."""
+
+    sentences: int
+    tokens: int
+    seconds: float
+    output: str
+    resumed_from: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("inf")
+
+
+def parse_shard(text: str) -> Tuple[int, int]:
+    """'I/N' (0 <= I < N) -> (I, N)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def shard_range(n: int, window: int, shard: Tuple[int, int]) -> Tuple[int, int]:
+    """Sentences [first, stop) of shard i of n_shards: whole windows, as even as they can be."""
+    i, k = shard
+    nw = -(-n // window)
+    a, b = i * nw // k, (i + 1) * nw // k
+    return min(a * window, n), min(b * window, n)
+
+
+def prepare(input_file, output_file_path, *, output_format: str = "all", batch_size: int = 64,
+            batch_tokens: Optional[int] = None, window: Optional[int] = None, batching: Optional[str] = None,
+            layout: str = "allennlp", dtype_out: str = "float32", pool: str = "none",
+            forget_sentences: bool = False, use_sentence_keys: bool = False, empty_lines: str = "error",
+            resume: bool = False, shard: Optional[Tuple[int, int]] = None,
+            piece_sentences: int = DEFAULT_PIECE_SENTENCES, piece_seconds: float = DEFAULT_PIECE_SECONDS,
+            progress: bool = True, notice: Optional[Callable[[str], None]] = None) -> Job:
+    """Everything that needs no model: arguments, the first pass over the input (InputError naming
+    file and line), the output path, stale temporaries of dead runs. Writes nothing but removals."""
+    spec = OutputSpec(layout=layout, output_format=output_format, dtype_out=dtype_out, pool=pool,
+                      forget_sentences=forget_sentences, use_sentence_keys=use_sentence_keys)
+    window = window or DEFAULT_WINDOW
+    check_limits(batch_size, batch_tokens, window)
+    if piece_sentences < 1:
+        raise ValueError(f"piece_sentences must be positive, got {piece_sentences}")
+    in_path = os.fsdecode(input_file) if isinstance(input_file, (str, bytes, os.PathLike)) else None
+    label = os.fsdecode(output_file_path)
+    source = open_source(input_file)
+    try:
+        found = scan(source, empty_lines, sentence_keys=use_sentence_keys)
+        out = check_output_path(output_file_path, in_path)
+    except BaseException:
+        source.close()
+        raise
+    say = notice or _say
+    _atomic.remove_stale_temporaries(out, say)
+    job = Job(source, found, out, label, spec, batching, batch_size, batch_tokens, window, empty_lines, resume,
+              shard, piece_sentences, piece_seconds, progress, say)
+    job.first, job.stop = (0, found.sentences) if shard is None else shard_range(found.sentences, window, shard)
+    return job
+
+
+def _say(msg: str) -> None:
+    print(f"elmo-fast: {msg}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------- pipeline
+class _Stop(Exception):
+    """Raised inside a stage when another stage failed (the first error is re-raised instead)."""
+
+
+class _Pipeline:
+    def __init__(self):
+        self.stop = threading.Event()
+        self.error: Optional[BaseException] = None
+        self.lock = threading.Lock()
+
+    def fail(self, e: BaseException) -> None:
+        with self.lock:
+            if self.error is None and not isinstance(e, _Stop):
+                self.error = e
+        self.stop.set()
+
+    def put(self, q: queue.Queue, item) -> None:
+        while True:
+            if self.stop.is_set():
+                raise _Stop
+            try:
+                q.put(item, timeout=_POLL)
+                return
+            except queue.Full:
+                pass
+
+    def get(self, q: queue.Queue):
+        while True:
+            if self.stop.is_set():
+                raise _Stop
+            try:
+                return q.get(timeout=_POLL)
+            except queue.Empty:
+                pass
+
+
+_END = object()
+
+
+def _feeder(p: _Pipeline, job: Job, start: int, mode: str, q: queue.Queue, pin: bool) -> None:
+    """Reads, batches and converts to character ids, ahead of the model."""
+    try:
+        items = sentences(job.source, job.empty_lines, start=start, stop=job.stop)
+        for w in windows(items, mode, job.batch_size, job.batch_tokens, job.window):
+            if not w.batches:
+                p.put(q, (w, None, None, None))
+                continue
+            for j, b in enumerate(w.batches):
+                lens = w.lengths[b]
+                T = int(lens.max())
+                ids = batch_to_ids([w.tokens[i] for i in b])
+                # rows of the real tokens in the [B * T] output, in batch order (computed here, so the
+                # device never waits for a mask to come back)
+                rows = torch.from_numpy(np.concatenate([np.arange(n) + r * T for r, n in enumerate(lens.tolist())]))
+                if pin:
+                    ids, rows = ids.pin_memory(), rows.pin_memory()
+                p.put(q, (w, j, ids, rows))
+        p.put(q, _END)
+    except BaseException as e:  # noqa: BLE001 - handed to the main thread
+        p.fail(e)
+
+
+class _Writer:
+    """Assembles windows in input order, writes them to pieces, keeps the manifest."""
+
+    def __init__(self, p: _Pipeline, job: Job, work: WorkDir, manifest: Manifest, bar, first_piece_start: int):
+        self.p, self.job, self.work, self.manifest, self.bar = p, job, work, manifest, bar
+        self.piece = None           # (H5Output, layout writer, tmp path, first sentence, opened at)
+        self.pending: Dict[int, Any] = {}
+        self.next_start = first_piece_start
+        self.sentences = 0
+        self.tokens = 0
+        self.t0 = time.perf_counter()
+
+    def run(self, q: queue.Queue) -> None:
+        try:
+            while True:
+                item = self.p.get(q)
+                if item is _END:
+                    break
+                self._take(*item)
+            self._close_piece()
+        except BaseException as e:  # noqa: BLE001
+            self.p.fail(e)
+            self.abort()
+
+    def abort(self) -> None:
+        if self.piece is not None:
+            out, _, tmp, _, _ = self.piece
+            out.abort()
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            self.piece = None
+
+    def _take(self, w: Window, j: Optional[int], host, event) -> None:
+        spec = self.job.spec
+        st = self.pending.get(w.start)
+        if st is None:
+            rows = len(w) if spec.pooled else int(w.lengths.sum())
+            data = np.zeros((len(spec.stored), rows, spec.dim), dtype=spec.storage_dtype)
+            offsets = np.concatenate([[0], np.cumsum(w.lengths)])
+            st = self.pending[w.start] = [data, offsets, 0]
+        if j is not None:
+            if event is not None:
+                event.synchronize()
+            arr = host.numpy()
+            if spec.dtype_out == "bfloat16":
+                arr = arr.view(np.uint16)
+            data, offsets = st[0], st[1]
+            r = 0
+            for pos in w.batches[j]:
+                if spec.pooled:
+                    data[:, pos] = arr[:, r]
+                    r += 1
+                else:
+                    n = int(w.lengths[pos])
+                    data[:, offsets[pos]:offsets[pos] + n] = arr[:, r:r + n]
+                    r += n
+        st[2] += 1
+        if st[2] < max(1, len(w.batches)):
+            return
+        del self.pending[w.start]
+        if w.start != self.next_start:
+            raise RuntimeError(f"internal error: window at sentence {w.start} completed before {self.next_start}")
+        self._write(WindowOut(w.start, w.lines, w.text, w.lengths, st[0]))
+        self.next_start = w.stop
+        n_tok = int(w.lengths.sum())
+        self.sentences += len(w)
+        self.tokens += n_tok
+        if self.bar is not None:
+            el = max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.set_postfix_str(f"{self.tokens / el:,.0f} tok/s", refresh=False)
+            self.bar.update(len(w))
+
+    def _write(self, wo: WindowOut) -> None:
+        if self.piece is None:
+            k = len(self.manifest.pieces)
+            tmp = _atomic.temporary_name(self.work.piece_path(k))
+            out = H5Output(tmp, self.job.label)
+            self.piece = (out, make_writer(out.h5, self.job.spec, wo.start), tmp, wo.start, time.monotonic())
+        out, writer, _, _, opened = self.piece
+        writer.add(wo)
+        out.check()
+        if writer.n >= self.job.piece_sentences or time.monotonic() - opened >= self.job.piece_seconds:
+            self._close_piece()
+
+    def _close_piece(self) -> None:
+        if self.piece is None:
+            return
+        out, writer, tmp, first, _ = self.piece
+        try:
+            writer.finish()
+            out.check()
+            out.close()
+            k = len(self.manifest.pieces)
+            final = self.work.piece_path(k)
+            digest = file_sha256(tmp)
+            os.replace(tmp, final)
+            self.manifest.pieces.append({"file": os.path.basename(final), "first": first, "n": writer.n,
+                                         "sha256": digest, "bytes": os.path.getsize(final)})
+            self.manifest.save()
+        except OSError as e:
+            raise describe_failure(e, self.job.label) from None
+        self.piece = None
+
+
+def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.Queue) -> None:
+    spec = job.spec
+    dev = model.device
+    cuda = dev.type == "cuda"
+    while True:
+        item = p.get(q_in)
+        if item is _END:
+            p.put(q_out, _END)
+            return
+        w, j, ids, rows = item
+        if j is None:
+            p.put(q_out, (w, None, None, None))
+            continue
+        acts, mask = model(ids.to(dev, non_blocking=cuda))
+        sel = select_layers(acts, spec.output_format)                       # [B, L_s, T, D]
+        B, Ls, T, D = sel.shape
+        if spec.pooled:
+            m = mask.to(sel.dtype)
+            out = (sel * m[:, None, :, None]).sum(2) / m.sum(1).clamp_min(1)[:, None, None]
+            out = out.transpose(0, 1)                                       # [L_s, B, D]
+        else:
+            out = sel.transpose(0, 1).reshape(Ls, B * T, D).index_select(1, rows.to(dev, non_blocking=cuda))
+        out = to_storage(out, spec.dtype_out).contiguous()
+        event = None
+        if cuda:
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            host = out
+        p.put(q_out, (w, j, host, event))
+
+
+def _job_record(job: Job, model, mode: str) -> Dict[str, Any]:
+    s = job.scan
+    rec = {"input": {"name": s.name, "sha256": s.sha256, "lines": s.lines, "sentences": s.sentences,
+                     "tokens": s.tokens}}
+    rec.update(model.identity())
+    rec.update({"batching": {"mode": mode, "batch_size": job.batch_size, "batch_tokens": job.batch_tokens,
+                             "window": job.window},
+                "empty_lines": job.empty_lines, "output": job.spec.settings(), "range": [job.first, job.stop]})
+    return rec
+
+
+def _start_manifest(job: Job, work: WorkDir, record: Dict[str, Any], stateful: bool) -> Manifest:
+    """The manifest to continue (resume) or a fresh one; refuses leftovers it must not reuse."""
+    old = Manifest.load(work.manifest_path) if os.path.exists(work.manifest_path) else None
+    if old is not None and old.pieces:
+        where = (f"{len(old.pieces)} completed piece(s) (sentences {record['range'][0]}-"
+                 f"{record['range'][0] + old.done - 1}) of an earlier run in {work.path}")
+        if not job.resume:
+            raise ResumeError(f"found {where}; pass --resume (resume=True) to continue it, or remove that folder "
+                              "to start again")
+        if stateful:
+            raise ResumeError(f"cannot resume: found {where}, but the run is stateful: its numbers depend on the "
+                              "LSTM state carried from every earlier batch, which pieces do not keep; remove "
+                              "that folder to start again, or use --stateless")
+        why = job_difference(old.job, record)
+        if why:
+            raise ResumeError(f"cannot resume from {where}: {why}; remove that folder to start again")
+        for piece in old.pieces:
+            path = os.path.join(work.path, piece["file"])
+            if not os.path.exists(path) or file_sha256(path) != piece["sha256"]:
+                k = old.pieces.index(piece)
+                job.notice(f"piece {piece['file']} is missing or damaged (checksum); redoing from sentence "
+                           f"{piece['first']}")
+                for later in old.pieces[k:]:
+                    try:
+                        os.unlink(os.path.join(work.path, later["file"]))
+                    except FileNotFoundError:
+                        pass
+                old.pieces = old.pieces[:k]
+                break
+        old.job = record
+        old.save()
+        return old
+    m = Manifest(work.manifest_path, record)
+    m.save()
+    return m
+
+
+def run(job: Job, model, *, batching: Optional[str] = None) -> Result:
+    """Embeds a prepared job with `model` (EmbedderModel or the same interface)."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    mode = batching or job.batching or ("input" if model.stateful else "bucket")
+    job.spec.num_layers, job.spec.dim = model.num_layers, model.dim
+    if model.stateful and job.shard is not None:
+        raise ResumeError("--shard cannot be used in stateful mode: each sentence's numbers depend on the state "
+                          "carried from every sentence before it, so a shard cannot start in the middle; use "
+                          "--stateless (optionally with --warm-start)")
+    record = _job_record(job, model, mode)
+    job.spec.attrs = {k: record[k] for k in ("model_sha256", "options", "mode", "warm_start", "compute_dtype")}
+    if job.shard is not None:
+        job.spec.attrs["shard"] = f"{job.shard[0]}/{job.shard[1]}"
+    work = WorkDir(job.output)
+    work.acquire(job.notice)
+    completed = False
+    try:
+        manifest = _start_manifest(job, work, record, model.stateful)
+        start = job.first + manifest.done
+        resumed_from = manifest.done
+        if manifest.done:
+            job.notice(f"resuming {job.label} at sentence {start} ({manifest.done} done in "
+                       f"{len(manifest.pieces)} piece(s))")
+        total = job.stop - job.first
+        bar = tqdm(total=total, initial=manifest.done, unit="sent", desc="elmo", disable=not job.progress,
+                   dynamic_ncols=True, smoothing=0.1) if job.progress else None
+        p = _Pipeline()
+        q_ids: queue.Queue = queue.Queue(QUEUE)
+        q_out: queue.Queue = queue.Queue(QUEUE)
+        writer = _Writer(p, job, work, manifest, bar, start)
+        threads = [threading.Thread(target=_feeder, name="elmo-feeder", daemon=True,
+                                    args=(p, job, start, mode, q_ids, model.device.type == "cuda")),
+                   threading.Thread(target=writer.run, name="elmo-writer", daemon=True, args=(q_out,))]
+        for t in threads:
+            t.start()
+        try:
+            _model_stage(p, job, model, q_ids, q_out)
+            threads[1].join()
+        except BaseException as e:  # noqa: BLE001 - the model's error, or an interrupt
+            p.fail(e)
+        finally:
+            p.stop.set()
+            interrupted = None
+            for t in threads:
+                while t.is_alive():
+                    try:
+                        t.join(_POLL)
+                    except KeyboardInterrupt as e:  # a second signal: still wait for the stages to stop
+                        interrupted = interrupted or e
+                        p.fail(e)
+            if bar is not None:
+                bar.close()
+            if interrupted is not None and p.error is None:
+                p.error = interrupted
+        if p.error is not None:
+            raise p.error
+        _assemble(job, work, manifest)
+        completed = True
+    finally:
+        if completed or not _has_pieces(work):
+            work.remove()
+        else:
+            work.release()
+    return Result(job.stop - job.first, writer.tokens, time.perf_counter() - t0, job.output,
+                  resumed_from=resumed_from)
+
+
+def _has_pieces(work: WorkDir) -> bool:
+    try:
+        return bool(Manifest.load(work.manifest_path).pieces)
+    except (ResumeError, OSError):
+        return False
+
+
+def _assemble(job: Job, work: WorkDir, manifest: Manifest) -> None:
+    """The pieces -> the output, atomically (one piece: renamed; several: merged)."""
+    paths = [os.path.join(work.path, pc["file"]) for pc in manifest.pieces]
+    try:
+        if len(paths) == 1:
+            _atomic.finish(paths[0], job.output)
+        else:
+            merge_files(paths, job.output, label=job.label)
+    except OSError as e:
+        raise describe_failure(e, job.label) from None
+
+
+def embed_corpus(embedder, sentences_or_file, output_file_path, output_format: str = "all",
+                 batch_size: int = 64, forget_sentences: bool = False, use_sentence_keys: bool = False,
+                 progress: bool = True, by_length: Optional[bool] = None, *, batching: Optional[str] = None,
+                 **options) -> Result:
+    """Embeds a corpus into an hdf5 file: prepare + run (see the module doc and layouts.py).
+
+    embedder: an ElmoEmbedder (or a model with EmbedderModel's interface). sentences_or_file: a path
+    (.gz too), an open file, or sentence strings (a list, or any iterable: it is streamed).
+    batching: "input" (allennlp's input-order batches; what a stateful model needs to reproduce
+    allennlp) or "bucket" (length-bucketed inside windows; stateless / warm-start). None takes the
+    model's declared mode (EmbedderModel.stateful). by_length: the older spelling (True = bucket).
+    options: batch_tokens, window, layout, dtype_out, pool, empty_lines, resume, shard,
+    piece_sentences, piece_seconds, notice (see `prepare`).
+    """
+    if by_length is not None and batching is None:
+        batching = "bucket" if by_length else "input"
+    model = embedder if hasattr(embedder, "identity") else EmbedderModel(embedder)
+    job = prepare(sentences_or_file, output_file_path, output_format=output_format, batch_size=batch_size,
+                  forget_sentences=forget_sentences, use_sentence_keys=use_sentence_keys, progress=progress,
+                  batching=batching, **options)
+    try:
+        return run(job, model)
+    finally:
+        job.close()

@@ -1,0 +1,401 @@
+"""The corpus reader: one whitespace-tokenised sentence per line, streamed, checked first.
+
+A `Source` can be read any number of times, always from the start: a path (`.gz` decompressed), an
+open binary or text file (seekable ones are re-read with seek, others are spooled to a temporary
+file while the first pass reads them), or a sequence / iterator of sentence strings (iterators are
+spooled likewise). `scan(source)` is the fast first pass: it decodes the bytes (UTF-8, incremental,
+so a bad byte is reported with its line), counts lines and tokens, finds empty lines and hashes
+what it read, before any model work. `Source.sentences()` is the streaming second pass.
+
+Lines end at \\n, \\r\\n or \\r (Python's universal newlines); each is stripped; a leading
+byte-order mark is dropped. Empty lines (after stripping): `empty_lines="error"` (allennlp's rule)
+refuses them, "skip" drops them (sentence numbers then count only kept lines), "keep" keeps them as
+zero-token sentences so that sentence i is line i.
+"""
+from __future__ import annotations
+
+import codecs
+import gzip
+import hashlib
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from typing import IO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+EMPTY_LINES = ("error", "skip", "keep")
+BLOCK = 1 << 22  # bytes per read: large enough for disk speed, small enough to bound memory
+_MAX_LISTED = 20
+_SPOOL_IN_MEMORY = 32 << 20  # a piped input stays in memory up to this size, then goes to disk
+
+
+class InputError(ValueError):
+    """The input corpus cannot be embedded: missing or unreadable file, no sentences, empty lines,
+    bytes that are not UTF-8, or (with sentence keys) sentences that cannot all be distinct keys."""
+
+
+def _listed(indexes: List[int], total: Optional[int] = None) -> str:
+    total = len(indexes) if total is None else total
+    if total <= _MAX_LISTED:
+        return str(indexes)
+    return str(indexes[:_MAX_LISTED])[:-1] + f", ...] ({total} in all)"
+
+
+def _line_of(prefix: str) -> int:
+    """1-based line number of the position after `prefix` (universal newlines)."""
+    return prefix.count("\n") + prefix.count("\r") - prefix.count("\r\n") + 1
+
+
+def _utf8_error(name: str, line: int, byte: int, offset: int) -> InputError:
+    return InputError(f"{name}: line {line} (index {line - 1}) is not valid UTF-8 (byte 0x{byte:02x} at "
+                      f"offset {offset}); the input file must be UTF-8 text")
+
+
+def _decode_blocks(chunks: Iterator[bytes], name: str) -> Iterator[str]:
+    """Bytes blocks -> str blocks, UTF-8, naming the line and offset of the first bad byte."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes read before this chunk
+    done = ""   # decoded text since the last line end seen (line numbers are counted on it)
+    lines_before = 0  # line ends before `done`
+    for chunk in chunks:
+        try:
+            text = decoder.decode(chunk)
+        except UnicodeDecodeError as e:
+            held = decoder.getstate()[0]  # at most 3 bytes of an unfinished character
+            data = held + chunk
+            good = data[: e.start].decode("utf-8", errors="replace")
+            raise _utf8_error(name, lines_before + _line_of(done + good), data[e.start],
+                              offset - len(held) + e.start) from None
+        offset += len(chunk)
+        if text:
+            done += text
+            cut = max(done.rfind("\n"), done.rfind("\r"))
+            if cut >= 0 and cut + 1 < len(done):  # keep a final \r: it may start a \r\n
+                lines_before += _line_of(done[: cut + 1]) - 1
+                done = done[cut + 1:]
+            elif cut >= 0 and done[cut] == "\n":
+                lines_before += _line_of(done) - 1
+                done = ""
+            yield text
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        held = decoder.getstate()[0]
+        raise _utf8_error(name, lines_before + _line_of(done), held[0], offset - len(held)) from None
+
+
+def _lines(blocks: Iterator[str]) -> Iterator[str]:
+    """str blocks -> lines without their line ends (\\n, \\r\\n, \\r); no empty last line."""
+    carry, first = "", True
+    for block in blocks:
+        if first:
+            first = False
+            if block.startswith("\ufeff"):  # a byte-order mark is an encoding artefact, not a word
+                block = block[1:]
+        text, tail = carry + block, ""
+        if text.endswith("\r"):  # a \\r\\n may be split between blocks
+            text, tail = text[:-1], "\r"
+        parts = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        carry = parts.pop() + tail
+        yield from parts
+    if carry:
+        yield carry[:-1] if carry.endswith("\r") else carry
+
+
+def _read_chunks(f: IO, size: int = BLOCK) -> Iterator:
+    while True:
+        chunk = f.read(size)
+        if not chunk:
+            return
+        yield chunk
+
+
+class Source:
+    """A re-readable corpus. `lines()` yields the stripped lines from the start, every time."""
+
+    name: str = "input"
+
+    def lines(self) -> Iterator[str]:
+        raise NotImplementedError
+
+    def hash_update(self, h, item) -> None:
+        h.update(item.encode("utf-8", "surrogatepass") + b"\n")
+
+    def close(self) -> None:
+        pass
+
+
+class PathSource(Source):
+    """A text file on disk, gzip-compressed when its name ends in .gz."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.name = path
+        if not os.path.exists(path):
+            raise InputError(f"input file not found: {path}")
+        if os.path.isdir(path):
+            raise InputError(f"input file {path} is a directory")
+        try:
+            with self._open():
+                pass
+        except OSError as e:
+            raise InputError(f"cannot read input file {path}: {e.strerror or e}") from None
+
+    def _open(self) -> IO[bytes]:
+        return gzip.open(self.path, "rb") if self.path.endswith(".gz") else open(self.path, "rb")
+
+    def _chunks(self) -> Iterator[bytes]:
+        try:
+            with self._open() as f:
+                yield from _read_chunks(f)
+        except (OSError, EOFError) as e:  # unreadable, or a truncated / corrupt .gz
+            raise InputError(f"cannot read input file {self.path}: {getattr(e, 'strerror', None) or e}") from None
+
+    def lines(self) -> Iterator[str]:
+        return (line.strip() for line in _lines(_decode_blocks(self._chunks(), self.name)))
+
+
+class StreamSource(Source):
+    """An open binary or text file. Seekable: re-read from where it was; otherwise the first pass
+    spools what it reads (in memory up to 32 MB, then a temporary file) and later passes read that."""
+
+    def __init__(self, f: IO):
+        self.f = f
+        self.name = str(getattr(f, "name", "input"))
+        try:
+            self.start = f.tell() if f.seekable() else None
+        except (OSError, ValueError, AttributeError):
+            self.start = None
+        self.spool: Optional[IO] = None
+        self.spooled = False
+
+    def _raw(self) -> Iterator:
+        if self.spooled:
+            self.spool.seek(0)
+            yield from _read_chunks(self.spool)
+            return
+        if self.start is not None:
+            self.f.seek(self.start)
+            yield from _read_chunks(self.f)
+            return
+        self.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
+        for chunk in _read_chunks(self.f):
+            self.spool.write(chunk.encode("utf-8", "surrogatepass") if isinstance(chunk, str) else chunk)
+            yield chunk
+        self.spooled = True
+
+    def _blocks(self) -> Iterator[str]:
+        raw = self._raw()
+        try:
+            first = next(raw)
+        except StopIteration:
+            return
+        except UnicodeDecodeError:
+            self._text_stream_utf8_error()
+        if isinstance(first, (bytes, bytearray)) or self.spooled:
+            def chunks():
+                yield first if isinstance(first, (bytes, bytearray)) else first.encode("utf-8", "surrogatepass")
+                for c in raw:
+                    yield c if isinstance(c, (bytes, bytearray)) else c.encode("utf-8", "surrogatepass")
+            yield from _decode_blocks(chunks(), self.name)
+            return
+        yield first
+        try:
+            yield from raw
+        except UnicodeDecodeError:
+            self._text_stream_utf8_error()
+
+    def _text_stream_utf8_error(self):
+        # A text stream cannot say which line; re-read the file's bytes when it has a path.
+        path = getattr(self.f, "name", None)
+        if isinstance(path, str) and os.path.isfile(path):
+            list(PathSource(path).lines())
+        raise InputError(f"{self.name} is not valid UTF-8; the input file must be UTF-8 text") from None
+
+    def lines(self) -> Iterator[str]:
+        return (line.strip() for line in _lines(self._blocks()))
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+
+
+class SentenceSource(Source):
+    """Sentence strings from Python: a sequence (re-iterated) or any iterable (spooled, one record
+    per sentence, while the first pass reads it). Sentences are stripped; they may hold no line."""
+
+    def __init__(self, sentences: Iterable[str], name: str = "input"):
+        self.name = name
+        self.seq = sentences if isinstance(sentences, Sequence) else None
+        self.it = None if self.seq is not None else iter(sentences)
+        self.spool: Optional[IO] = None
+
+    def lines(self) -> Iterator[str]:
+        if self.seq is not None:
+            return (s.strip() for s in self.seq)
+        if self.it is None:
+            return self._replay()
+        return self._consume()
+
+    def _consume(self) -> Iterator[str]:
+        it, self.it = self.it, None
+        self.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
+        for i, s in enumerate(it):
+            if not isinstance(s, str):
+                raise InputError(f"{self.name}: sentence {i} is a {type(s).__name__}, not a str")
+            s = s.strip()
+            b = s.encode("utf-8", "surrogatepass")
+            self.spool.write(struct.pack("<Q", len(b)) + b)
+            yield s
+
+    def _replay(self) -> Iterator[str]:
+        f = self.spool
+        f.seek(0)
+        while True:
+            head = f.read(8)
+            if not head:
+                return
+            (n,) = struct.unpack("<Q", head)
+            yield f.read(n).decode("utf-8", "surrogatepass")
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+
+
+def open_source(input_file: Union[str, "os.PathLike[str]", IO, Iterable[str]], name: str = "input") -> Source:
+    """A path, an open file, or sentence strings -> a re-readable Source."""
+    if isinstance(input_file, Source):
+        return input_file
+    if isinstance(input_file, (str, bytes, os.PathLike)):
+        return PathSource(os.fsdecode(input_file))
+    if hasattr(input_file, "read"):
+        return StreamSource(input_file)
+    return SentenceSource(input_file, name)
+
+
+@dataclass
+class Scan:
+    """What the first pass found. `sentences`: kept sentences (what gets embedded)."""
+
+    name: str
+    lines: int = 0
+    sentences: int = 0
+    tokens: int = 0
+    empty: int = 0
+    first_empty: List[int] = field(default_factory=list)
+    sha256: str = ""
+
+
+def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False) -> Scan:
+    """The first pass: UTF-8, empty lines, empty file, (sentence_keys) distinct hdf5 keys; counts and
+    an input hash. Raises InputError naming the file and lines; reads, never writes."""
+    if empty_lines not in EMPTY_LINES:
+        raise ValueError(f"empty_lines must be one of {', '.join(EMPTY_LINES)}, got {empty_lines!r}")
+    s = Scan(source.name)
+    h = hashlib.sha256()
+    keys: Optional[Dict[str, int]] = {} if sentence_keys else None
+    for i, line in enumerate(source.lines()):
+        h.update(line.encode("utf-8", "surrogatepass") + b"\n")
+        if not line:
+            s.empty += 1
+            if len(s.first_empty) < _MAX_LISTED:
+                s.first_empty.append(i)
+            if empty_lines == "skip":
+                continue
+        if keys is not None and (line or empty_lines == "keep"):
+            _check_key(keys, line, s.sentences)
+        s.sentences += 1
+        s.tokens += len(line.split())
+    s.lines = i + 1 if "i" in locals() else 0
+    s.sha256 = h.hexdigest()
+    if s.lines == 0:
+        raise InputError(f"{source.name} has no sentences (the file is empty); expected one "
+                         "whitespace-tokenised sentence per line")
+    if s.empty and empty_lines == "error":
+        raise InputError(f"{source.name} contains empty lines at indexes {_listed(s.first_empty, s.empty)} "
+                         f"(line numbers {_listed([i + 1 for i in s.first_empty], s.empty)}). Please remove "
+                         "them, or pass --empty-lines skip|keep (empty_lines=).")
+    if s.sentences == 0:
+        raise InputError(f"{source.name} has no sentences (all {s.lines} lines are empty)")
+    if keys is not None:
+        _check_nesting(keys)
+    return s
+
+
+def sentences(source: Source, empty_lines: str = "error", start: int = 0,
+              stop: Optional[int] = None) -> Iterator[Tuple[int, int, str]]:
+    """The second pass: (sentence index, line index, stripped line) for sentences start..stop-1."""
+    k = 0
+    for line_no, line in enumerate(source.lines()):
+        if not line and empty_lines == "skip":
+            continue
+        if stop is not None and k >= stop:
+            return
+        if k >= start:
+            yield k, line_no, line
+        k += 1
+
+
+# ------------------------------------------------------------------------------ sentence keys
+def _key_error(i: int, s: str) -> InputError:
+    return InputError(f"sentence at index {i} ({s!r}) cannot be an hdf5 key (it is made of '/' and '.'); "
+                      "do not pass --use-sentence-keys / use_sentence_keys")
+
+
+def _check_key(first: Dict[str, int], s: str, i: int) -> None:
+    parts = [p for p in s.split("/") if p]
+    if not parts or "." in parts:
+        raise _key_error(i, s)
+    key = "/".join(parts)
+    if key in first:
+        raise InputError(f"duplicate sentence at indexes {first[key]} and {i} ({s!r}): sentence keys must "
+                         "be unique; to encode duplicate sentences, do not pass --use-sentence-keys / "
+                         "use_sentence_keys (line indexes are then the keys)")
+    first[key] = i
+
+
+def _check_nesting(first: Dict[str, int]) -> None:
+    for key, i in first.items():
+        parts = key.split("/")
+        for k in range(1, len(parts)):
+            prefix = "/".join(parts[:k])
+            if prefix in first:
+                raise InputError(f"sentences at indexes {first[prefix]} and {i} cannot both be hdf5 keys: "
+                                 f"{key!r} would nest inside {prefix!r} ('/' separates hdf5 groups); do not "
+                                 "pass --use-sentence-keys / use_sentence_keys")
+
+
+def check_sentence_keys(sentences: Sequence[str]) -> None:
+    """With sentences as hdf5 keys, every sentence must name a distinct dataset ('/' nests groups)."""
+    first: Dict[str, int] = {}
+    for i, s in enumerate(sentences):
+        _check_key(first, s, i)
+    _check_nesting(first)
+
+
+# ------------------------------------------------------------------------------ compatibility
+def check_sentences(sentences: Sequence[str], name: str = "input") -> None:
+    """allennlp's checks on stripped lines: at least one, and none empty."""
+    scan(SentenceSource(list(sentences), name))
+
+
+def read_sentences(input_file: Union[IO, str, "os.PathLike[str]"]) -> List[str]:
+    """The stripped lines of a corpus, checked, as a list (the whole corpus in memory: for small
+    inputs and compatibility; `embed_corpus` streams instead).
+
+    input_file: a path, or an open text or binary file (read to its end, not closed). Raises
+    InputError, naming the file and the offending lines, for a missing or unreadable file, an empty
+    file, empty lines, or bytes that are not UTF-8. A leading byte-order mark is dropped.
+    """
+    source = open_source(input_file)
+    try:
+        lines = list(source.lines())
+        scan(SentenceSource(lines, source.name))
+        return lines
+    finally:
+        source.close()
+
+
+__all__ = ["InputError", "Source", "PathSource", "StreamSource", "SentenceSource", "open_source", "Scan",
+           "scan", "sentences", "check_sentences", "check_sentence_keys", "read_sentences", "EMPTY_LINES"]
