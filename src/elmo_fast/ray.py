@@ -158,11 +158,11 @@ def _test_exit(folder: str) -> None:
 def _torch_dtype(name: str):
     import torch
 
-    dtypes = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-              "bfloat16": torch.bfloat16}
-    if name not in dtypes:
+    from .cli import DTYPES  # the command line's dtype names, one table
+
+    if name not in DTYPES:
         raise ValueError(f"dtype must be fp32 or bf16, got {name!r}")
-    return dtypes[name]
+    return getattr(torch, DTYPES[name])
 
 
 def _check_choices(layers: str, pool: Optional[str], batch_size: int) -> None:
