@@ -17,6 +17,9 @@ _BUFFER = 1 << 20  # coalesces HDF5's many small metadata writes
 class OutputWriteError(OSError):
     """Writing the output failed (no space left, quota, I/O error): one line naming the output."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
 
 def describe_failure(exc: OSError, output: str) -> OutputWriteError:
     """An OSError met while writing `output` -> the one-line error the user sees."""
@@ -24,10 +27,10 @@ def describe_failure(exc: OSError, output: str) -> OutputWriteError:
         return exc
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
-        return OutputWriteError(exc.errno, f"{what} writing {output} ({exc.filename or 'output'}); free some "
-                                "space and run again with --resume to keep the completed pieces")
+        return OutputWriteError(exc.errno, f"{what} writing {output}; free some space and run again with "
+                                "--resume (completed pieces, if any, are kept)")
     reason = exc.strerror or str(exc)
-    return OutputWriteError(exc.errno or errno.EIO, f"cannot write {output}: {reason} ({exc.filename or 'output'})")
+    return OutputWriteError(exc.errno or errno.EIO, f"cannot write {output}: {reason}")
 
 
 class GuardedFile:

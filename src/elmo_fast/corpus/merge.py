@@ -107,7 +107,8 @@ def _copy_flat(files: List[_File], dst, progress) -> None:
     for name in names:
         src0 = first.f[name]
         total = sum(f.f[name].shape[0] for f in files)
-        ds = dst.create_dataset(name, (total,) + src0.shape[1:], dtype=src0.dtype, chunks=src0.chunks)
+        ds = dst.create_dataset(name, (total,) + src0.shape[1:], maxshape=(None,) + src0.shape[1:],
+                                dtype=src0.dtype, chunks=src0.chunks)
         for k, v in src0.attrs.items():
             ds.attrs[k] = v
         pos = 0
@@ -127,7 +128,8 @@ def _copy_flat(files: List[_File], dst, progress) -> None:
         base += int(o[-1])
         if progress:
             progress(f.n)
-    dst.create_dataset("offsets", data=np.concatenate(offsets), chunks=True)
+    offsets = np.concatenate(offsets)
+    dst.create_dataset("offsets", data=offsets, maxshape=(None,), chunks=first.f["offsets"].chunks)
 
 
 def merge_into(output: str, paths: Sequence[str]) -> int:

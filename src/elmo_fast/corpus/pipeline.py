@@ -410,6 +410,9 @@ def _start_manifest(job: Job, work: WorkDir, record: Dict[str, Any], stateful: b
         where = (f"{len(old.pieces)} completed piece(s) (sentences {record['range'][0]}-"
                  f"{record['range'][0] + old.done - 1}) of an earlier run in {work.path}")
         if not job.resume:
+            if stateful:
+                raise ResumeError(f"found {where}; a stateful run cannot be resumed (the carried LSTM state is "
+                                  "not kept with the pieces): remove that folder to start again")
             raise ResumeError(f"found {where}; pass --resume (resume=True) to continue it, or remove that folder "
                               "to start again")
         if stateful:

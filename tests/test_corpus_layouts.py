@@ -1,0 +1,272 @@
+"""The corpus job's outputs: every layout x dtype-out x pool read back through open_embeddings equals
+the in-memory ElmoEmbedder result; the allennlp layout equals the earlier implementation's values
+bit for bit; streaming sources; empty-line modes; order and keys under bucketing; stage failures."""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from _tiny_model import one_thread, read_h5, write_tiny_model
+from elmo_fast import ElmoEmbedder, cli, open_embeddings
+from elmo_fast.corpus import InputError, embed_corpus, layouts, pipeline
+from elmo_fast.corpus.pipeline import EmbedderModel, select_layers
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog .",
+    "Hello world",
+    "a",
+    "ELMo embeds every token in context , even ünïcödé ones",
+    "one two three",
+    "Hello world",
+    "x y",
+    "a b c d e f g h i j k l m n o p",
+    "z",
+]
+# stored-value tolerance of each dtype-out relative to the largest value (its rounding: half an ulp)
+ROUNDING = {"float32": 0.0, "float16": 2 ** -11, "bfloat16": 2 ** -8}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_elmo"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def stateless(model):
+    return ElmoEmbedder(*model, stateful=False, progress=False)
+
+
+@pytest.fixture(scope="module")
+def alone(stateless):
+    return [stateless.embed_sentence(s.split()) for s in SENTENCES]
+
+
+def expected(ref: np.ndarray, fmt: str, pool: str) -> np.ndarray:
+    r = {"all": ref, "top": ref[-1], "average": np.average(ref, axis=0)}[fmt]
+    return r.mean(-2) if pool == "mean" else r
+
+
+def assert_stored(got: np.ndarray, ref: np.ndarray, dtype_out: str):
+    assert got.shape == ref.shape
+    assert not np.isnan(got).any()
+    scale = max(1.0, float(np.abs(ref).max()))
+    err = float(np.abs(got.astype(np.float64) - ref).max()) if ref.size else 0.0
+    # float32: the stateless batch-independence tolerance; low precision: its rounding on top
+    assert err <= 2e-6 * scale + ROUNDING[dtype_out] * scale, err
+
+
+# --------------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("pool", ["none", "mean"])
+@pytest.mark.parametrize("dtype_out", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["allennlp", "flat"])
+def test_round_trip_through_open_embeddings(stateless, alone, tmp_path, layout, dtype_out, pool):
+    done = []
+    for fmt in ("all", "top", "average"):
+        out = tmp_path / f"{fmt}.h5"
+        done.append(out.name)
+        embed_corpus(stateless, SENTENCES, out, fmt, batch_size=2, progress=False, layout=layout,
+                     dtype_out=dtype_out, pool=pool, window=4)
+        with open_embeddings(out) as emb:
+            assert len(emb) == len(SENTENCES)
+            assert emb.layout == layout and emb.dtype == dtype_out and emb.pooled == (pool == "mean")
+            for i in range(len(SENTENCES)):
+                got = emb[i]
+                assert got.dtype == (np.float16 if dtype_out == "float16" else np.float32)
+                assert_stored(got, expected(alone[i], fmt, pool), dtype_out)
+            if layout == "flat":
+                np.testing.assert_array_equal(emb.lengths, [len(s.split()) for s in SENTENCES])
+                assert [emb.sentence(i) for i in range(len(emb))] == SENTENCES
+        assert sorted(os.listdir(tmp_path)) == sorted(done)       # no temporaries or pieces left
+
+
+def test_flat_is_readable_with_plain_h5py(stateless, alone, tmp_path):
+    out = tmp_path / "flat.h5"
+    embed_corpus(stateless, SENTENCES, out, "all", progress=False, layout="flat", dtype_out="bfloat16")
+    with h5py.File(out, "r") as f:
+        assert f.attrs["layout"] == "flat" and f.attrs["dtype"] == "bfloat16"
+        off = f["offsets"][()]
+        assert off.dtype == np.int64 and off.shape == (len(SENTENCES) + 1,) and off[0] == 0
+        assert f["layer_2"].shape == (off[-1], 16) and f["layer_2"].dtype == np.uint16
+        assert f["layer_2"].attrs["dtype"] == "bfloat16"
+        i = 3
+        bits = f["layer_2"][off[i]:off[i + 1]]
+        vals = (bits.astype(np.uint32) << 16).view(np.float32)       # the documented decoding
+        np.testing.assert_array_equal(f["lines"][()], np.arange(len(SENTENCES)))
+        assert json.loads(f.attrs["options"])["proj_dim"] == 8
+    assert_stored(vals, alone[i][2], "bfloat16")
+
+
+def test_bfloat16_rounds_to_nearest_even():
+    x = torch.tensor([1.0 + 2 ** -9, 1.0 + 3 * 2 ** -9, -2.5, 3.0e38])
+    bits = layouts.to_storage(x, "bfloat16").numpy().view(np.uint16)
+    np.testing.assert_array_equal(layouts.decode(bits, "bfloat16"), x.to(torch.bfloat16).float().numpy())
+
+
+def test_average_is_np_average_bit_for_bit():
+    acts = torch.randn(3, 3, 7, 33)
+    got = select_layers(acts, "average")[:, 0].numpy()
+    want = np.stack([np.average(a, axis=0) for a in acts.numpy()])
+    np.testing.assert_array_equal(got, want)
+
+
+# ------------------------------------------------------------------------- allennlp = before
+def _legacy_embed_corpus(embedder, sentences, out, fmt, batch_size, by_length):
+    """The implementation this package replaced (values and index only): the oracle."""
+    tokens = [s.split() for s in sentences]
+    order = sorted(range(len(tokens)), key=lambda i: -len(tokens[i])) if by_length else list(range(len(tokens)))
+    data = {}
+    for k in range(0, len(order), batch_size):
+        idx = order[k:k + batch_size]
+        for i, e in zip(idx, embedder.embed_batch([tokens[i] for i in idx])):
+            data[str(i)] = {"all": e, "top": e[-1], "average": np.average(e, axis=0)}[fmt]
+    return data, {s: str(i) for i, s in enumerate(sentences)}
+
+
+@pytest.mark.parametrize("fmt", ["all", "top", "average"])
+@pytest.mark.parametrize("stateful", [True, False], ids=["stateful", "stateless"])
+def test_allennlp_layout_identical_to_before(model, tmp_path, fmt, stateful):
+    out = tmp_path / "out.hdf5"
+    ElmoEmbedder(*model, stateful=stateful, progress=False).embed_file(
+        io.StringIO("\n".join(SENTENCES)), str(out), fmt, batch_size=3, progress=False)
+    data, index = read_h5(out)
+    old, old_index = _legacy_embed_corpus(ElmoEmbedder(*model, stateful=stateful, progress=False), SENTENCES,
+                                          out, fmt, 3, by_length=not stateful)
+    assert sorted(data) == sorted(old)
+    for k in old:
+        assert data[k].dtype == np.float32
+        np.testing.assert_array_equal(data[k], old[k])
+    assert index == old_index
+    with h5py.File(out, "r") as f:
+        assert f["sentence_to_index"][0].decode() == json.dumps(old_index)
+
+
+# ------------------------------------------------------------------------------------- sources
+def test_streams_from_a_generator_stdin_and_gzip(stateless, alone, tmp_path, capsys, model, monkeypatch):
+    gen_out = tmp_path / "gen.h5"
+    embed_corpus(stateless, (s for s in SENTENCES), gen_out, "top", progress=False, layout="flat")
+    gz = tmp_path / "in.txt.gz"
+    with gzip.open(gz, "wt", encoding="utf-8") as f:
+        f.write("\n".join(SENTENCES) + "\n")
+    embed_corpus(stateless, str(gz), tmp_path / "gz.h5", "top", progress=False, layout="flat")
+    data = "\n".join(SENTENCES).encode()
+    monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": io.BufferedReader(io.BytesIO(data))})())
+    rc = cli.main(["embed", "-", str(tmp_path / "stdin.h5"), "--top", "--model", os.path.dirname(model[0]),
+                   "--stateless", "--layout", "flat", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    for name in ("gen.h5", "gz.h5", "stdin.h5"):
+        with open_embeddings(tmp_path / name) as emb:
+            assert len(emb) == len(SENTENCES)
+            for i in range(len(SENTENCES)):
+                assert_stored(emb[i], alone[i][-1], "float32")
+
+
+def test_a_generator_with_an_empty_sentence_writes_nothing(stateless, tmp_path):
+    with pytest.raises(InputError, match=r"empty lines at indexes \[2\]"):
+        embed_corpus(stateless, iter(["a", "b", "  ", "c"]), tmp_path / "o.h5", progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("layout", ["allennlp", "flat"])
+def test_empty_line_modes(stateless, alone, tmp_path, layout):
+    lines = ["a b", "", "c", "   ", "d e f"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"empty lines at indexes \[1, 3\].*--empty-lines"):
+        embed_corpus(stateless, str(src), tmp_path / "e.h5", progress=False, layout=layout)
+    embed_corpus(stateless, str(src), tmp_path / "keep.h5", "all", progress=False, layout=layout, empty_lines="keep")
+    embed_corpus(stateless, str(src), tmp_path / "skip.h5", "all", progress=False, layout=layout, empty_lines="skip")
+    with open_embeddings(tmp_path / "keep.h5") as keep, open_embeddings(tmp_path / "skip.h5") as skip:
+        assert len(keep) == 5 and len(skip) == 3
+        assert keep[1].shape == (3, 0, 16) and keep[3].shape == (3, 0, 16)
+        for k, s in ((0, 0), (2, 1), (4, 2)):
+            ref = stateless.embed_sentence(lines[k].split())
+            assert_stored(keep[k], ref, "float32")
+            assert_stored(skip[s], ref, "float32")
+    if layout == "flat":
+        with h5py.File(tmp_path / "skip.h5", "r") as f:
+            np.testing.assert_array_equal(f["lines"][()], [0, 2, 4])      # input line of each sentence
+
+
+# ----------------------------------------------------------------------------- order and keys
+def test_order_and_keys_follow_the_input_under_bucketing(stateless, alone, tmp_path):
+    lines = [SENTENCES[(7 * i) % len(SENTENCES)] for i in range(40)]
+    results = []
+    for bs, bt, w in ((1, None, 5), (4, None, 7), (64, 12, 16), (3, 40, 1024)):
+        out = tmp_path / f"o{bs}_{bt}_{w}.h5"
+        embed_corpus(stateless, lines, out, "all", batch_size=bs, batch_tokens=bt, window=w, progress=False)
+        data, index = read_h5(out)
+        assert index == {s: str(i) for i, s in enumerate(lines)}
+        assert sorted(data, key=int) == [str(i) for i in range(len(lines))]
+        results.append(data)
+    for i, s in enumerate(lines):
+        ref = alone[SENTENCES.index(s)]
+        for data in results:
+            assert_stored(data[str(i)], ref, "float32")
+
+
+def test_batches_respect_the_token_budget(stateless, tmp_path, monkeypatch):
+    seen = []
+    real = EmbedderModel.__call__
+
+    def spy(self, ids):
+        seen.append(ids.shape[0] * (ids.shape[1] - 2))   # rows x longest sentence (boundaries excluded)
+        return real(self, ids)
+
+    monkeypatch.setattr(EmbedderModel, "__call__", spy)
+    embed_corpus(stateless, SENTENCES * 4, tmp_path / "o.h5", "top", batch_size=64, batch_tokens=20, progress=False)
+    longest = max(len(s.split()) for s in SENTENCES)
+    assert seen and all(n <= 20 or n == longest for n in seen), seen
+
+
+# ------------------------------------------------------------------------------- stage failures
+class _Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage", ["feeder", "model", "writer"])
+def test_a_stage_raising_mid_job_leaves_nothing(stateless, tmp_path, monkeypatch, stage):
+    out = tmp_path / "out.h5"
+    out.write_bytes(b"old")
+    calls = {"model": 0}
+    real_model, real_ids, real_add = EmbedderModel.__call__, pipeline.batch_to_ids, layouts.FlatWriter.add
+
+    def model_call(self, ids):
+        calls["model"] += 1
+        if stage == "model" and calls["model"] == 3:
+            raise _Boom("model")
+        return real_model(self, ids)
+
+    def ids_call(batch):
+        if stage == "feeder" and len(batch) and batch[0] == ["x", "y"]:
+            raise _Boom("feeder")
+        return real_ids(batch)
+
+    def add(self, w):
+        if stage == "writer" and w.start >= 4:
+            raise _Boom("writer")
+        return real_add(self, w)
+
+    monkeypatch.setattr(EmbedderModel, "__call__", model_call)
+    monkeypatch.setattr(pipeline, "batch_to_ids", ids_call)
+    monkeypatch.setattr(layouts.FlatWriter, "add", add)
+    lines = SENTENCES * 20
+    with pytest.raises(_Boom, match=stage):
+        embed_corpus(stateless, lines, out, "top", batch_size=1, window=4, progress=False, layout="flat")
+    assert out.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["out.h5"]          # no temporary, no pieces folder
+    if stage == "writer":  # the model stopped soon after the writer failed
+        assert calls["model"] < len(lines) // 2, calls
