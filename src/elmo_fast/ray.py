@@ -34,8 +34,7 @@ __all__ = ["BatchEmbedder", "RayModel", "embed_dataset", "require_ray", "worker_
            "ordered_embeddings", "run_job_on_ray", "RAY_INSTALL_HINT", "STATEFUL_REFUSED"]
 
 RAY_INSTALL_HINT = "pip install 'elmo_fast[ray]'"
-LAYERS = ("all", "top", "average")
-POOLS = (None, "mean")
+POOLS = (None, "mean")  # the corpus job's "none" is None here
 STATEFUL_REFUSED = (
     "stateful mode cannot run on Ray: each sentence's numbers would depend on which sentences "
     "shared a worker and a batch row before it, which Ray's scheduling decides; use stateless mode "
@@ -166,8 +165,10 @@ def _torch_dtype(name: str):
 
 
 def _check_choices(layers: str, pool: Optional[str], batch_size: int) -> None:
-    if layers not in LAYERS:
-        raise ValueError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
+    from .corpus import OUTPUT_FORMATS
+
+    if layers not in OUTPUT_FORMATS:
+        raise ValueError(f"layers must be one of {', '.join(OUTPUT_FORMATS)}, got {layers!r}")
     if pool not in POOLS:
         raise ValueError(f"pool must be None or 'mean', got {pool!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
