@@ -338,8 +338,8 @@ def check_cli_arguments(args) -> None:
         raise CliError("--device / --cuda-device do not apply with --ray: each worker runs on the GPU(s) "
                        "Ray gives it (--gpus-per-worker G) or on the CPU (G = 0)")
     if args.resume:
-        raise CliError("--resume does not work with --ray: the pieces to skip are known only inside the job; "
-                       "resume without --ray, or remove the earlier run's folder and start again")
+        raise CliError("--resume does not work with --ray (the sentences already done are known only inside "
+                       "the job); remove the earlier run's .OUTPUT.parts folder beside OUTPUT and start again")
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
     if not args.gpus_per_worker >= 0:
