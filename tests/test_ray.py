@@ -91,6 +91,13 @@ def test_rows_keyed_by_index_with_token_counts():
         assert np.asarray(r["embedding"]).shape == (32,)
 
 
+def test_missing_column_is_named():
+    ds = ray.data.from_items([{"text": "a b"}, {"text": "c"}])
+    with pytest.raises(ray.exceptions.RayTaskError) as info:
+        elmo_ray.embed_dataset(ds, MODEL).take_all()
+    assert elmo_ray._worker_error(info.value).startswith("KeyError: \"the dataset has no column 'index'")
+
+
 def _corpus(tmp_path, lines=SENTENCES):
     p = tmp_path / "in.txt"
     p.write_text("".join(s + "\n" for s in lines), encoding="utf-8")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -397,6 +398,16 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def _worker_error(exc: BaseException) -> str:
+    """One line for a failed Ray job: the worker's own exception line ("KeyError: ...") when the
+    remote traceback carries one (Ray Data re-raises user errors as UserCodeException without
+    their cause), else Ray's first line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    own = [ln for ln in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt): ", ln)
+           and not ln.startswith("ray.")]
+    return own[-1] if own else (lines[0] if lines else type(exc).__name__)
+
+
 def run_job_on_ray(job, args, model: Optional[str], options: Optional[str], weights: Optional[str]):
     """`elmo-fast embed ... --ray`: a prepared corpus job (elmo_fast.corpus.prepare: the input and
     output already checked, with the single-process job's messages) embedded on a Ray actor pool,
@@ -446,8 +457,8 @@ def run_job_on_ray(job, args, model: Optional[str], options: Optional[str], weig
                        batching="input")
         except ray.exceptions.RayError as e:
             inner = _unwrap(e)
-            if inner is e:  # Ray's own failure (e.g. a worker died more often than Ray retries)
-                raise CliError(f"the Ray job failed: {str(e).strip().splitlines()[0]}") from None
+            if isinstance(inner, ray.exceptions.RayError):  # Ray's own failure, or a worker's error
+                raise CliError(f"the Ray job failed: {_worker_error(e)}") from None
             raise inner from None
     finally:
         if started:
