@@ -5,6 +5,7 @@ import contextlib
 import json
 
 import h5py
+import numpy as np
 import torch
 
 from elmo_fast.synthetic import make_options, write_model
@@ -31,3 +32,19 @@ def read_h5(path):
         data = {k: f[k][()] for k in f.keys() if k != "sentence_to_index"}
         index = json.loads(f["sentence_to_index"][0]) if "sentence_to_index" in f else None
     return data, index
+
+
+WORDS = "the a of to and in is was he for it with as his on be at by i this had not are but from".split()
+
+
+def corpus_lines(n, seed=0):
+    """n random sentences of 1-11 common words (a corpus for the corpus-job tests)."""
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 12)))) for _ in range(n)]
+
+
+def tiny_model_dir(tmp_path_factory, seed):
+    """The folder of a tiny random model (what --model takes)."""
+    import os
+
+    return os.path.dirname(write_tiny_model(tmp_path_factory.mktemp("tiny_elmo"), seed=seed)[0])

@@ -8,13 +8,12 @@ import subprocess
 
 import pytest
 
-from _tiny_model import one_thread, write_tiny_model
+from _tiny_model import corpus_lines, one_thread, tiny_model_dir
 from elmo_fast import cli
 from elmo_fast.corpus import diskio
 from elmo_fast.corpus.pipeline import EmbedderModel
 
-WORDS = "the a of to and in is was he for it with as his on be at by i this had not are but from".split()
-LINES = [" ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(1 + i % 11)) for i in range(600)]
+LINES = corpus_lines(600, seed=3)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -25,7 +24,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return os.path.dirname(write_tiny_model(tmp_path_factory.mktemp("tiny_elmo"), seed=7)[0])
+    return tiny_model_dir(tmp_path_factory, seed=7)
 
 
 @pytest.fixture

@@ -223,7 +223,7 @@ def test_batches_respect_the_token_budget(stateless, tmp_path, monkeypatch):
     real = EmbedderModel.__call__
 
     def spy(self, ids):
-        seen.append(ids.shape[0] * (ids.shape[1] - 2))   # rows x longest sentence (boundaries excluded)
+        seen.append(ids.shape[0] * ids.shape[1])   # rows x longest sentence
         return real(self, ids)
 
     monkeypatch.setattr(EmbedderModel, "__call__", spy)

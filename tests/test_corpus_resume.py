@@ -14,19 +14,11 @@ import h5py
 import numpy as np
 import pytest
 
-from _tiny_model import one_thread, write_tiny_model
+from _tiny_model import corpus_lines, one_thread, tiny_model_dir
 from elmo_fast import cli
 from elmo_fast.corpus import pipeline
 
 HERE = pathlib.Path(__file__).resolve().parent
-WORDS = "the a of to and in is was he for it with as his on be at by i this had not are but from".split()
-
-
-def corpus_lines(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, size=int(rng.integers(1, 12)))) for _ in range(n)]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     with one_thread():
@@ -35,12 +27,12 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return os.path.dirname(write_tiny_model(tmp_path_factory.mktemp("tiny_elmo"), seed=5)[0])
+    return tiny_model_dir(tmp_path_factory, seed=5)
 
 
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory):
-    return os.path.dirname(write_tiny_model(tmp_path_factory.mktemp("other_elmo"), seed=6)[0])
+    return tiny_model_dir(tmp_path_factory, seed=6)
 
 
 def embed(capsys, src, out, model, *extra, fmt="--top"):

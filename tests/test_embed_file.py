@@ -11,6 +11,7 @@ import pytest
 
 from _tiny_model import one_thread, read_h5, write_tiny_model
 from elmo_fast import ElmoEmbedder
+from elmo_fast.corpus.layouts import AllennlpWriter
 from elmo_fast.corpus.pipeline import QUEUE, EmbedderModel
 from elmo_fast.corpus.reader import PathSource
 from elmo_fast.embedder import InputError, corpus_batches, embed_corpus, read_sentences
@@ -202,7 +203,7 @@ def test_streams_with_a_bounded_look_ahead(tiny_model, tmp_path, monkeypatch):
     lines = [SENTENCES[i % len(SENTENCES)] for i in range(400)]
     read, at_first_write = [], []
     real_lines = PathSource.lines
-    real_create = h5py.Group.create_dataset
+    real_create = AllennlpWriter._create
 
     def counting_lines(self):
         for line in real_lines(self):
@@ -215,10 +216,10 @@ def test_streams_with_a_bounded_look_ahead(tiny_model, tmp_path, monkeypatch):
         return real_create(self, name, *a, **k)
 
     monkeypatch.setattr(PathSource, "lines", counting_lines)
-    monkeypatch.setattr(h5py.Group, "create_dataset", create)
+    monkeypatch.setattr(AllennlpWriter, "_create", create)
     emb.embed_file(write_lines(tmp_path / "in.txt", lines), tmp_path / "o.hdf5", batch_size=2, progress=False)
-    # first pass (400) + at most the queues' batches of the second pass
-    assert 400 < at_first_write[0] <= 400 + 2 * (QUEUE + 3), at_first_write
+    # first pass (400) + at most the batches the two queues and the four stages hold (2 sentences each)
+    assert 400 < at_first_write[0] <= 400 + 2 * (2 * QUEUE + 5), at_first_write
     assert len(read) == 800
 
 

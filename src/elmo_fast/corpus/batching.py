@@ -37,6 +37,11 @@ class Window:
     tokens: List[List[str]]
     lengths: np.ndarray
     batches: List[List[int]] = field(default_factory=list)
+    offsets: np.ndarray = None  # [len + 1] token offsets of the sentences inside the window
+
+    def __post_init__(self):
+        if self.offsets is None:
+            self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.text)

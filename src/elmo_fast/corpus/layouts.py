@@ -120,9 +120,16 @@ class AllennlpWriter:
     """One dataset per sentence (see the module doc)."""
 
     def __init__(self, h5, spec: OutputSpec, first: int):
+        import h5py
+
         self.f, self.spec, self.first, self.n = h5, spec, first, 0
         self.index: Dict[str, str] = {}
         self.keep_index = not (spec.forget_sentences or spec.use_sentence_keys)
+        # h5py's low-level calls: a third less time per dataset than Group.create_dataset
+        self._tid = h5py.h5t.py_create(np.dtype(spec.storage_dtype))
+        self._lcpl = h5py.h5p.create(h5py.h5p.LINK_CREATE)
+        self._lcpl.set_create_intermediate_group(True)   # sentence keys may hold '/'
+        self._lcpl.set_char_encoding(h5py.h5t.CSET_UTF8)
 
     def add(self, w: WindowOut) -> None:
         spec, f = self.spec, self.f
@@ -136,10 +143,18 @@ class AllennlpWriter:
                 arr = w.data[:, off:off + n] if every else w.data[0, off:off + n]
                 off += n
             key = w.text[j] if spec.use_sentence_keys else str(i)
-            f.create_dataset(key, arr.shape, dtype=arr.dtype, data=arr)
+            self._create(key, np.ascontiguousarray(arr))
             if self.keep_index:
                 self.index[w.text[j]] = str(i)
         self.n += len(w.lengths)
+
+    def _create(self, key: str, arr: np.ndarray) -> None:
+        import h5py
+
+        space = h5py.h5s.create_simple(arr.shape)
+        ds = h5py.h5d.create(self.f.id, key.encode("utf-8"), self._tid, space, lcpl=self._lcpl)
+        if arr.size:
+            ds.write(h5py.h5s.ALL, h5py.h5s.ALL, arr)
 
     def finish(self) -> None:
         if self.keep_index:

@@ -47,8 +47,8 @@ _POLL = 0.1
 
 # ------------------------------------------------------------------------------------------ model
 class EmbedderModel:
-    """The model stage over an ElmoEmbedder: ids [B, T+2, 50] -> activations [B, L, T, D] (float32,
-    boundaries removed), mask [B, T]; the same computation as `ElmoEmbedder.embed_batch`."""
+    """The model stage over an ElmoEmbedder: ids [B, T, 50] (batch_to_ids) -> activations [B, L, T, D]
+    (float32, sentence boundaries removed), mask [B, T]; the computation of `ElmoEmbedder.embed_batch`."""
 
     def __init__(self, embedder):
         self.embedder = embedder
@@ -239,11 +239,11 @@ def _feeder(p: _Pipeline, job: Job, start: int, mode: str, q: queue.Queue, pin: 
                 continue
             for j, b in enumerate(w.batches):
                 lens = w.lengths[b]
-                T = int(lens.max())
                 ids = batch_to_ids([w.tokens[i] for i in b])
-                # rows of the real tokens in the [B * T] output, in batch order (computed here, so the
-                # device never waits for a mask to come back)
-                rows = torch.from_numpy(np.concatenate([np.arange(n) + r * T for r, n in enumerate(lens.tolist())]))
+                # (row, position) of every real token, in batch order: computed here, so the device never
+                # waits for a mask to come back before the output can be gathered
+                rows = torch.from_numpy(np.stack([np.repeat(np.arange(len(b)), lens),
+                                                  np.concatenate([np.arange(n) for n in lens.tolist()])]))
                 if pin:
                     ids, rows = ids.pin_memory(), rows.pin_memory()
                 p.put(q, (w, j, ids, rows))
@@ -259,6 +259,7 @@ class _Writer:
         self.p, self.job, self.work, self.manifest, self.bar = p, job, work, manifest, bar
         self.piece = None           # (H5Output, layout writer, tmp path, first sentence, opened at)
         self.pending: Dict[int, Any] = {}
+        self.pool: queue.SimpleQueue = queue.SimpleQueue()   # window buffers written, to reuse
         self.next_start = first_piece_start
         self.sentences = 0
         self.tokens = 0
@@ -286,37 +287,22 @@ class _Writer:
                 pass
             self.piece = None
 
-    def _take(self, w: Window, j: Optional[int], host, event) -> None:
-        spec = self.job.spec
-        st = self.pending.get(w.start)
-        if st is None:
-            rows = len(w) if spec.pooled else int(w.lengths.sum())
-            data = np.zeros((len(spec.stored), rows, spec.dim), dtype=spec.storage_dtype)
-            offsets = np.concatenate([[0], np.cumsum(w.lengths)])
-            st = self.pending[w.start] = [data, offsets, 0]
-        if j is not None:
+    def _take(self, w: Window, j: Optional[int], host, event, buf) -> None:
+        """One batch of window w is done: its vectors are in `buf` (CPU) or in `host` (CUDA, copied
+        there without blocking; placed into buf here). The window is written once all are in."""
+        st = self.pending.setdefault(w.start, [0])
+        if host is not None:
             if event is not None:
                 event.synchronize()
-            arr = host.numpy()
-            if spec.dtype_out == "bfloat16":
-                arr = arr.view(np.uint16)
-            data, offsets = st[0], st[1]
-            r = 0
-            for pos in w.batches[j]:
-                if spec.pooled:
-                    data[:, pos] = arr[:, r]
-                    r += 1
-                else:
-                    n = int(w.lengths[pos])
-                    data[:, offsets[pos]:offsets[pos] + n] = arr[:, r:r + n]
-                    r += n
-        st[2] += 1
-        if st[2] < max(1, len(w.batches)):
+            place(buf, w, j, host, self.job.spec.pooled)
+        st[0] += 1
+        if st[0] < max(1, len(w.batches)):
             return
         del self.pending[w.start]
         if w.start != self.next_start:
             raise RuntimeError(f"internal error: window at sentence {w.start} completed before {self.next_start}")
-        self._write(WindowOut(w.start, w.lines, w.text, w.lengths, st[0]))
+        self._write(WindowOut(w.start, w.lines, w.text, w.lengths, _as_numpy(buf)))
+        self.pool.put(buf)
         self.next_start = w.stop
         n_tok = int(w.lengths.sum())
         self.sentences += len(w)
@@ -358,38 +344,94 @@ class _Writer:
         self.piece = None
 
 
-def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.Queue) -> None:
+_STORAGE_TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def place(buf: torch.Tensor, w: Window, j: int, out: torch.Tensor, pooled: bool) -> None:
+    """Copies batch j's vectors (out: [L_s, tokens or rows, D], batch order) to their places in the
+    window buffer (buf: [L_s, window tokens or sentences, D], input order)."""
+    r = 0
+    for pos in w.batches[j]:
+        if pooled:
+            buf[:, pos] = out[:, r]
+            r += 1
+        else:
+            a, n = int(w.offsets[pos]), int(w.lengths[pos])
+            buf[:, a:a + n] = out[:, r:r + n]
+            r += n
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as numpy without a copy (bfloat16 / its int16 bits -> uint16)."""
+    if t.dtype in (torch.bfloat16, torch.int16):
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def _window_buffer(pool: queue.SimpleQueue, spec: OutputSpec, w: Window) -> torch.Tensor:
+    """[L_s, rows, D] in the stored dtype for window w: a written window's buffer when one is big
+    enough (no fresh pages to fault in), else a new one."""
+    rows = len(w) if spec.pooled else int(w.offsets[-1])
+    dtype = _STORAGE_TORCH[spec.dtype_out]
+    need = len(spec.stored) * rows * spec.dim
+    try:
+        flat = pool.get_nowait()
+        if flat.numel() < need:
+            flat = None
+    except queue.Empty:
+        flat = None
+    if flat is None:
+        flat = torch.empty(need, dtype=dtype)
+    buf = flat.view(-1)[:need].view(len(spec.stored), rows, spec.dim)
+    if spec.pooled and not w.lengths.all():  # sentences without tokens: zero vectors
+        buf[:, torch.from_numpy(np.flatnonzero(w.lengths == 0))] = 0
+    return buf
+
+
+def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.Queue, pool) -> None:
     spec = job.spec
     dev = model.device
     cuda = dev.type == "cuda"
+    current, buf = None, None
     while True:
         item = p.get(q_in)
         if item is _END:
             p.put(q_out, _END)
             return
         w, j, ids, rows = item
+        if w is not current:
+            current, buf = w, _window_buffer(pool, spec, w)
         if j is None:
-            p.put(q_out, (w, None, None, None))
+            p.put(q_out, (w, None, None, None, buf))
             continue
         acts, mask = model(ids.to(dev, non_blocking=cuda))
         sel = select_layers(acts, spec.output_format)                       # [B, L_s, T, D]
-        B, Ls, T, D = sel.shape
         if spec.pooled:
             m = mask.to(sel.dtype)
-            out = (sel * m[:, None, :, None]).sum(2) / m.sum(1).clamp_min(1)[:, None, None]
-            out = out.transpose(0, 1)                                       # [L_s, B, D]
-        else:
-            out = sel.transpose(0, 1).reshape(Ls, B * T, D).index_select(1, rows.to(dev, non_blocking=cuda))
-        out = to_storage(out, spec.dtype_out).contiguous()
+            out = ((sel * m[:, None, :, None]).sum(2) / m.sum(1).clamp_min(1)[:, None, None]).transpose(0, 1)
+        elif cuda:  # one gather of the real tokens on the device: [L_s, tokens, D]
+            rows = rows.to(dev, non_blocking=True)
+            out = sel.transpose(0, 1)[:, rows[0], rows[1]]
+        else:  # CPU: one dtype conversion per batch, then each sentence straight into the window buffer
+            # (numpy copies: torch's per-op thread pool would fight the other stages for the cores)
+            src, dst = _as_numpy(to_storage(sel, spec.dtype_out)), _as_numpy(buf)
+            for r, pos in enumerate(w.batches[j]):
+                a, n = int(w.offsets[pos]), int(w.lengths[pos])
+                dst[:, a:a + n] = src[r, :, :n]
+            p.put(q_out, (w, j, None, None, buf))
+            continue
+        out = to_storage(out, spec.dtype_out)
         event = None
-        if cuda:
+        if cuda:  # pinned staging buffer, copied without blocking; the writer waits on the event
             host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
             host.copy_(out, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
         else:
             host = out
-        p.put(q_out, (w, j, host, event))
+        if host.dtype == torch.int16:
+            host = host.view(torch.bfloat16)
+        p.put(q_out, (w, j, host, event, buf))
 
 
 def _job_record(job: Job, model, mode: str) -> Dict[str, Any]:
@@ -481,7 +523,7 @@ def run(job: Job, model, *, batching: Optional[str] = None) -> Result:
         for t in threads:
             t.start()
         try:
-            _model_stage(p, job, model, q_ids, q_out)
+            _model_stage(p, job, model, q_ids, q_out, writer.pool)
             threads[1].join()
         except BaseException as e:  # noqa: BLE001 - the model's error, or an interrupt
             p.fail(e)

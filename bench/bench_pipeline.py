@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""The corpus job's host side and the end-to-end CPU job (issue 8 item 6, issue 9 item 3).
+
+  python bench/bench_pipeline.py stub   [--quick] [--dir D]   host-side ceiling, model stubbed
+  python bench/bench_pipeline.py e2e    [--quick]             real CPU job vs allennlp's embed_file
+  python bench/bench_pipeline.py memory [--quick]             peak RSS: 5 k vs 100 k sentences, one long line
+  python bench/bench_pipeline.py all    [--quick] [--json F]
+
+stub: the model is replaced by zeros of the right shape (original model: 3 layers x 1024), the corpus
+has the fixture's sentence lengths (tokens drawn from its vocabulary), and every layout x format
+(--top / --all) x dtype-out runs through `elmo_fast.corpus.embed_corpus` into --dir (put it on the
+disk you care about; a RAM disk measures the host side alone). Beside each, in the same run, the
+same number of bytes is written sequentially to the same folder (os.write of 8 MB blocks, then
+fsync-free close, as the job does), and the ratio job / raw is reported.
+e2e: the original architecture with random weights (elmo_fast.synthetic) on the CPU: `elmo-fast
+embed`'s pipeline against allennlp 0.9.0's own `ElmoEmbedder.embed_file` (loaded from the wheel by
+/work/shared/tools/allennlp_elmo.py; skipped with the reason when that is not usable), same corpus,
+same batch size, same run.
+memory: each measurement is a fresh subprocess reporting resource.getrusage(RUSAGE_SELF).ru_maxrss:
+the stubbed job on 5 k and on 100 k sentences (peak memory must not grow with the corpus), and
+the real model on one long line (100 k tokens by default, original architecture; the LSTM's time
+chunking bounds it).
+
+Numbers are only meaningful on a quiet machine; this script records nothing by itself (--json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+FIXTURE_SENTENCES = SHARED / "fixtures" / "elmo" / "sentences.json"
+ALLENNLP_TOOL = SHARED / "tools" / "allennlp_elmo.py"
+
+
+# --------------------------------------------------------------------------------------- corpus
+def fixture_lengths_and_vocab():
+    if FIXTURE_SENTENCES.exists():
+        sents = [s for group in json.loads(FIXTURE_SENTENCES.read_text()) for s in group]
+        toks = [s.split() for s in sents]
+        return [len(t) for t in toks], sorted({w for t in toks for w in t})
+    # without the fixture: a newswire-like length distribution (mean ~25 tokens)
+    rng = np.random.default_rng(0)
+    return list(np.clip(rng.lognormal(3.1, 0.5, 200).astype(int), 1, 120)), [f"w{i}" for i in range(5000)]
+
+
+def write_corpus(path: str, n: int, seed: int = 0) -> int:
+    """n sentences with the fixture's lengths; returns the token count."""
+    lengths, vocab = fixture_lengths_and_vocab()
+    rng = np.random.default_rng(seed)
+    tokens = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(n):
+            k = int(lengths[rng.integers(len(lengths))])
+            f.write(" ".join(vocab[j] for j in rng.integers(len(vocab), size=k)) + "\n")
+            tokens += k
+    return tokens
+
+
+# ----------------------------------------------------------------------------------------- stub
+class StubModel:
+    """The model stage's interface (elmo_fast.corpus.EmbedderModel) returning zeros of the right shape."""
+
+    stateful = False
+    device = torch.device("cpu")
+
+    def __init__(self, num_layers: int = 3, dim: int = 1024):
+        self.num_layers, self.dim = num_layers, dim
+        self.buf = None
+
+    def __call__(self, ids):
+        # a GPU model's output costs the host nothing but reading it: one zero buffer, reused
+        B, T = ids.shape[0], ids.shape[1]
+        if self.buf is None or self.buf.shape[0] < B or self.buf.shape[2] < T:
+            self.buf = torch.zeros(max(B, 64), self.num_layers, max(T, 128), self.dim)
+        mask = (ids[:, :, 0] > 0).long()
+        return self.buf[:B, :, :T], mask
+
+    def identity(self):
+        return {"model_sha256": "stub", "options": {}, "mode": "stateless", "warm_start": False,
+                "compute_dtype": "float32", "device_type": "cpu"}
+
+
+def raw_write(folder: str, nbytes: int) -> float:
+    """Seconds to write nbytes sequentially to a new file in folder (then removed)."""
+    block = np.zeros(8 << 20, np.uint8).tobytes()
+    path = os.path.join(folder, ".raw_write.bin")
+    t = time.perf_counter()
+    with open(path, "wb", buffering=0) as f:
+        left = nbytes
+        while left > 0:
+            left -= f.write(block[: min(left, len(block))])
+    secs = time.perf_counter() - t
+    os.unlink(path)
+    return secs
+
+
+def bench_stub(args) -> List[Dict]:
+    from elmo_fast.corpus import embed_corpus
+
+    n = 2_000 if args.quick else args.sentences
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        src = os.path.join(d, "corpus.txt")
+        tokens = write_corpus(src, n)
+        for layout in ("flat", "allennlp"):
+            for fmt in ("top", "all"):
+                for dtype_out in ("float32", "float16", "bfloat16"):
+                    if args.quick and layout == "allennlp" and dtype_out != "float32":
+                        continue
+                    out = os.path.join(d, "out.h5")
+                    t = time.perf_counter()
+                    embed_corpus(StubModel(), src, out, fmt, batch_size=args.batch_size, layout=layout,
+                                 dtype_out=dtype_out, progress=False, batching="bucket")
+                    secs = time.perf_counter() - t
+                    size = os.path.getsize(out)
+                    os.unlink(out)
+                    payload = tokens * (3 if fmt == "all" else 1) * 1024 * (4 if dtype_out == "float32" else 2)
+                    raw = raw_write(d, payload)
+                    row = dict(bench="stub", layout=layout, format=fmt, dtype_out=dtype_out, sentences=n,
+                               tokens=tokens, seconds=secs, tokens_per_s=tokens / secs, file_bytes=size,
+                               payload_bytes=payload, raw_seconds=raw, raw_tokens_per_s=tokens / raw,
+                               ratio_to_raw=raw / secs)
+                    rows.append(row)
+                    print(f"stub {layout:8} --{fmt:3} {dtype_out:8} {row['tokens_per_s']:>12,.0f} tok/s   raw write "
+                          f"{row['raw_tokens_per_s']:>12,.0f} tok/s   ratio {row['ratio_to_raw']:.2f}", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ e2e
+def load_allennlp_embedder():
+    """allennlp 0.9.0's ElmoEmbedder class (commands/elmo.py from the wheel), or raises with a reason."""
+    import types
+    import zipfile
+
+    sys.path.insert(0, str(ALLENNLP_TOOL.parent))
+    import allennlp_elmo  # noqa: E402
+
+    wheel = allennlp_elmo.find_wheel(download=False)
+    allennlp_elmo.load_modules(wheel)
+    from tqdm import tqdm as _tqdm
+
+    tq = types.ModuleType("allennlp.common.tqdm")
+    tq.Tqdm = type("Tqdm", (), {"tqdm": staticmethod(lambda *a, **k: _tqdm(*a, **{"disable": True, **k}))})
+    allennlp_elmo._register("allennlp.common.tqdm", tq)
+    sys.modules["allennlp.common.util"].prepare_global_logging = lambda *a, **k: None
+    sub = types.ModuleType("allennlp.commands.subcommand")
+    sub.Subcommand = type("Subcommand", (), {})
+    allennlp_elmo._pkg("allennlp.commands")
+    allennlp_elmo._register("allennlp.commands.subcommand", sub)
+    src = zipfile.ZipFile(wheel).read("allennlp/commands/elmo.py").decode()
+    mod = allennlp_elmo._exec_source("allennlp.commands.elmo", src, f"{wheel}/allennlp/commands/elmo.py")
+    return mod.ElmoEmbedder
+
+
+def bench_e2e(args) -> List[Dict]:
+    from elmo_fast import ElmoEmbedder
+    from elmo_fast.synthetic import make_options, write_model
+
+    arch = "small" if args.quick else args.arch
+    n = 16 if args.quick else args.e2e_sentences
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        opts, weights = write_model(os.path.join(d, "model"), make_options(arch), seed=0)
+        src = os.path.join(d, "corpus.txt")
+        tokens = write_corpus(src, n, seed=1)
+        ours = ElmoEmbedder(opts, weights, stateful=True, progress=False)
+        t = time.perf_counter()
+        ours.embed_file(src, os.path.join(d, "ours.h5"), "all", batch_size=args.batch_size, progress=False)
+        secs = time.perf_counter() - t
+        rows.append(dict(bench="e2e", impl="elmo_fast", arch=arch, sentences=n, tokens=tokens, seconds=secs,
+                         tokens_per_s=tokens / secs, threads=torch.get_num_threads()))
+        print(f"e2e  elmo_fast {arch}: {tokens / secs:,.0f} tok/s ({secs:.1f} s)", flush=True)
+        try:
+            AllenEmbedder = load_allennlp_embedder()
+        except Exception as e:  # noqa: BLE001 - reported, not fatal
+            reason = f"allennlp's ElmoEmbedder is not usable here: {type(e).__name__}: {e}"
+            print(f"e2e  allennlp: skipped ({reason})", flush=True)
+            rows.append(dict(bench="e2e", impl="allennlp", skipped=reason))
+            return rows
+        theirs = AllenEmbedder(opts, weights, cuda_device=-1)
+        t = time.perf_counter()
+        with open(src, encoding="utf-8") as f:
+            theirs.embed_file(f, os.path.join(d, "allennlp.h5"), "all", batch_size=args.batch_size)
+        a_secs = time.perf_counter() - t
+        rows.append(dict(bench="e2e", impl="allennlp", arch=arch, sentences=n, tokens=tokens, seconds=a_secs,
+                         tokens_per_s=tokens / a_secs, speedup=a_secs / secs))
+        print(f"e2e  allennlp  {arch}: {tokens / a_secs:,.0f} tok/s ({a_secs:.1f} s); speed-up {a_secs / secs:.2f}x",
+              flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------------------- memory
+def _child(args) -> None:
+    """One measured job in this fresh process; prints {"peak_rss_mb": ...}."""
+    from elmo_fast.corpus import embed_corpus
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.child == "stub":
+        model = StubModel()
+    else:
+        from elmo_fast import ElmoEmbedder
+        from elmo_fast.corpus import EmbedderModel
+
+        model = EmbedderModel(ElmoEmbedder(args.options, args.weights, stateful=False, progress=False))
+    t = time.perf_counter()
+    embed_corpus(model, args.input, args.output, "top", batch_size=64, batch_tokens=args.batch_tokens,
+                 layout="flat", dtype_out="float16", progress=False, batching="bucket")
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "seconds": time.perf_counter() - t}))
+
+
+def _measure(kind: str, src: str, out: str, extra: List[str]) -> Dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "_child", "--child", kind, "--input", src, "--output", out,
+           *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"measurement failed: {p.stderr.strip()[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(args) -> List[Dict]:
+    from elmo_fast.synthetic import make_options, write_model
+
+    rows = []
+    small, large = (2_000, 8_000) if args.quick else (5_000, 100_000)
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        for n in (small, large):
+            src = os.path.join(d, f"c{n}.txt")
+            tokens = write_corpus(src, n)
+            r = _measure("stub", src, os.path.join(d, "o.h5"), [])
+            rows.append(dict(bench="memory", job="stub", sentences=n, tokens=tokens, **r))
+            print(f"memory stub {n:>7} sentences: peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        ratio = rows[1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
+        rows.append(dict(bench="memory", job="stub", growth=ratio))
+        print(f"memory stub: {large} / {small} sentences peak RSS ratio {ratio:.3f} (target <= 1.10)", flush=True)
+        arch = "small" if args.quick else args.arch
+        T = 300 if args.quick else args.long_line
+        opts, weights = write_model(os.path.join(d, "model"), make_options(arch), seed=0)
+        _, vocab = fixture_lengths_and_vocab()
+        src = os.path.join(d, "long.txt")
+        rng = np.random.default_rng(2)
+        with open(src, "w") as f:
+            f.write(" ".join(vocab[j] for j in rng.integers(len(vocab), size=T)) + "\n")
+        r = _measure("model", src, os.path.join(d, "o.h5"), ["--options", opts, "--weights", weights])
+        rows.append(dict(bench="memory", job="long-line", arch=arch, tokens=T, **r))
+        print(f"memory long line: {T} tokens, {arch}: peak RSS {r['peak_rss_mb']:.0f} MB ({r['seconds']:.0f} s)",
+              flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- main
+def environment() -> Dict:
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        except OSError:
+            return None
+
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
+            "python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor(),
+            "cores": os.cpu_count(), "threads": torch.get_num_threads(), "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain"))}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=("stub", "e2e", "memory", "all", "_child"))
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
+    p.add_argument("--dir", default=None, help="where outputs go (default: the system temporary folder)")
+    p.add_argument("--sentences", type=int, default=20_000, help="stub: corpus size")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--arch", default="original", choices=("small", "medium", "original"))
+    p.add_argument("--e2e-sentences", type=int, default=400)
+    p.add_argument("--long-line", type=int, default=100_000, help="memory: tokens in the long line")
+    p.add_argument("--json", help="write the rows and the environment to this file")
+    # _child only
+    p.add_argument("--child", choices=("stub", "model"))
+    p.add_argument("--input")
+    p.add_argument("--output")
+    p.add_argument("--options")
+    p.add_argument("--weights")
+    p.add_argument("--batch-tokens", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.what == "_child":
+        _child(args)
+        return 0
+    rows: List[Dict] = []
+    for what, fn in (("stub", bench_stub), ("e2e", bench_e2e), ("memory", bench_memory)):
+        if args.what in (what, "all"):
+            rows += fn(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": environment(), "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
