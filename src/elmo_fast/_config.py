@@ -14,6 +14,8 @@ ELMO_FAST_BENCH_CACHE    where the benchmarks cache their random-weight models
                          (default $ELMO_FAST_CACHE/bench)
 ELMO_ALLENNLP_TOOL       the benchmarks' allennlp loader (allennlp_elmo.py); ELMO_ALLENNLP_WHEEL its wheel
 
+ELMO_FAST_RAY_TEST_EXIT  K:DIR, a test hook: the first Ray worker to reach its K-th batch records
+                         DIR/ray-worker-exit and ends its process (ray_test_exit(), read by ray.py)
 Read at build time, where the package cannot be imported (listed so there is one place to look):
 ELMO_FAST_BUILD_CUDA     0 = skip the CUDA extension, 1 = require it, unset = build if nvcc exists (setup.py)
 ELMO_FAST_CUDA_ARCH      SM architectures for the extension, default 90 (setup.py, csrc/nvcc_build.py)
@@ -22,7 +24,7 @@ CUDA_HOME / CUDA_PATH    where nvcc is (csrc/nvcc_build.py)
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 BACKENDS = ("auto", "cuda", "triton", "torch")
 DEFAULT_WORKSPACE_MB = 1024
@@ -49,6 +51,17 @@ def cache_root(sub: str) -> str:
         xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
         root = os.path.join(xdg, "elmo_fast")
     return os.path.join(os.path.expanduser(root), sub)
+
+
+def ray_test_exit() -> Optional[Tuple[int, str]]:
+    """ELMO_FAST_RAY_TEST_EXIT=K:DIR as (K, DIR), or None when unset (the fault tests' hook)."""
+    value = os.environ.get("ELMO_FAST_RAY_TEST_EXIT", "").strip()
+    if not value:
+        return None
+    k, sep, folder = value.partition(":")
+    if not sep or not k.isdigit() or int(k) < 1 or not os.path.isdir(folder):
+        raise ValueError(f"ELMO_FAST_RAY_TEST_EXIT={value!r} must be K:DIR (K >= 1, DIR an existing folder)")
+    return int(k), os.path.abspath(folder)  # the workers' working folder is not ours
 
 
 def triton_interpret() -> bool:

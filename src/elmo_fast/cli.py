@@ -125,6 +125,9 @@ def _add_embed(sub) -> None:
     j.add_argument("--piece-sentences", type=int, default=100_000, metavar="N",
                    help="a completed piece (what --resume keeps) every N sentences (default 100000) or 10 "
                         "minutes, whichever comes first")
+    from .ray import add_cli_arguments  # imports without Ray; --ray itself needs the [ray] extra
+
+    add_cli_arguments(p)
     p.set_defaults(func=cmd_embed)
 
 
@@ -267,7 +270,9 @@ def cmd_embed(args) -> int:
 
     from .corpus import EmbedderModel, parse_shard, prepare, run
     from .embedder import ElmoEmbedder
+    from .ray import check_cli_arguments, run_job_on_ray
 
+    check_cli_arguments(args)  # --ray's own rules first (stateless, no --device, no --resume)
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--batch-tokens", args.batch_tokens, 1),
                              ("--bucket-window", args.bucket_window, 1), ("--piece-sentences", args.piece_sentences, 1)):
         if value is not None and value < low:
@@ -298,10 +303,14 @@ def cmd_embed(args) -> int:
         start = time.perf_counter()
         with _signals_stop_the_job():
             try:
-                embedder = ElmoEmbedder(options, weights, model=model, stateful=stateful,
-                                        warm_start=args.warm_start, device=device,
-                                        dtype=getattr(torch, DTYPES[args.dtype]), progress=progress)
-                result = run(job, EmbedderModel(embedder), batching="input" if stateful else "bucket")
+                if args.ray is not None:
+                    result = run_job_on_ray(job, args, model, options, weights)
+                    device = f"Ray: {args.workers} worker(s) x {args.gpus_per_worker:g} GPU"
+                else:
+                    embedder = ElmoEmbedder(options, weights, model=model, stateful=stateful,
+                                            warm_start=args.warm_start, device=device,
+                                            dtype=getattr(torch, DTYPES[args.dtype]), progress=progress)
+                    result = run(job, EmbedderModel(embedder), batching="input" if stateful else "bucket")
             except _Terminated as e:
                 _err(f"terminated by {signal.Signals(e.signum).name}; completed pieces (if any) are kept for "
                      "--resume")
