@@ -68,7 +68,7 @@ class NvccBuildExt(build_ext):
 
 setup(
     package_dir={"elmo_fast": "src/elmo_fast", "elmo_fast.kernels": "kernels"},
-    packages=["elmo_fast", "elmo_fast.reference", "elmo_fast.ops", "elmo_fast.kernels"],
+    packages=["elmo_fast", "elmo_fast.reference", "elmo_fast.ops", "elmo_fast.kernels", "elmo_fast.bench"],
     # sources listed for sdists; NvccBuildExt compiles them itself
     ext_modules=[Extension("elmo_fast._lstm_cuda", sources=[f"csrc/{n}" for n in CSRC_FILES[:1]] + ["csrc/module.cpp"])],
     cmdclass={"build_ext": NvccBuildExt, "build_py": BuildPyWithSources},

@@ -58,9 +58,9 @@ def main(argv=None) -> int:
     print(f"batch: {args.batch} sentences, {ntok} tokens, longest {ids.shape[1]} "
           f"(lengths from {lengths_src})", flush=True)
 
-    ours, call_ours = B._build("reference", opath, wpath, device)
+    ours, call_ours = B.build_variant("reference", opath, wpath, device)
     allen = B.load_allennlp()
-    theirs, call_theirs = B._build("allennlp", opath, wpath, device, allen)
+    theirs, call_theirs = B.build_variant("allennlp", opath, wpath, device, allen)
     calls = {"elmo_fast": call_ours, "allennlp": call_theirs}
 
     # same output? both start from a zero state on their first call

@@ -41,3 +41,22 @@ def cache_root(sub: str) -> str:
 def triton_interpret() -> bool:
     """True when Triton kernels are to run on the CPU through the interpreter."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# Paths the benchmarks (elmo_fast.bench) look in first; elmo_fast.bench.inputs says where else:
+#   ELMO_FAST_SHARED      a shared/ folder holding fixtures/elmo and tools/ (default: a shared/ beside
+#                         or above the working directory or the installed package)
+#   ELMO_FAST_FIXTURES    the ELMo fixture folder itself (sentences.json, vocab_test.txt, ...)
+#   ELMO_FAST_BENCH_CACHE the bench's random-weight models (default: cache_root("bench"))
+#   ELMO_ALLENNLP_TOOL    allennlp_elmo.py, the loader of allennlp 0.9's Elmo (default: shared/tools)
+#   ELMO_ALLENNLP_WHEEL   the allennlp 0.9.0 wheel that tool reads
+PATH_SETTINGS = ("ELMO_FAST_SHARED", "ELMO_FAST_FIXTURES", "ELMO_FAST_BENCH_CACHE", "ELMO_ALLENNLP_TOOL",
+                 "ELMO_ALLENNLP_WHEEL")
+
+
+def path_setting(name: str):
+    """The path a PATH_SETTINGS variable names (user-expanded), or None when it is unset or empty."""
+    if name not in PATH_SETTINGS:
+        raise KeyError(f"{name} is not one of {', '.join(PATH_SETTINGS)}")
+    value = os.environ.get(name, "").strip()
+    return os.path.expanduser(value) if value else None
