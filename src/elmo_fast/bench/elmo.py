@@ -57,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--batch-sizes", default=None,
                         help="comma-separated sentences per batch, run in this order (default: "
                              "1,32,256,1024 on a GPU; 1,32 on the CPU; --quick: 1,4)")
-    parser.add_argument("--arch", default=None, choices=["original", "medium", "small"],
-                        help="model architecture, random weights (default: original; --quick: small)")
+    parser.add_argument("--arch", default=None, choices=["original", "medium", "small", "tiny"],
+                        help="model architecture, random weights (default: original; --quick: small; "
+                             "tiny: a toy model for checks of the plumbing)")
     parser.add_argument("--variants", default=None,
                         help=f"comma-separated subset of {','.join(VARIANTS)} (default: all on a GPU; "
                              "reference,allennlp on the CPU; --quick: reference,fast,allennlp)")

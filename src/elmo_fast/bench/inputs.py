@@ -20,6 +20,8 @@ from .. import _config
 
 # Sentence lengths (whitespace tokens) of the shared fixture's 30 sentences, used when the fixture
 # itself is not found (e.g. on the GPU machine, where only the repository travels).
+# A model far smaller than any real one, for checks of the plumbing (gpu_all.sh --dry-run).
+TINY_OPTIONS = dict(char_dim=4, filters=[[1, 4], [2, 8]], n_highway=1, dim=16, projection_dim=8)
 FIXTURE_LENGTHS = [50, 51, 27, 3, 37, 11, 43, 29, 24, 20, 16, 11, 26, 13, 43, 13, 24, 13, 53, 5,
                    53, 51, 16, 17, 11, 19, 28, 12, 16, 9]
 
@@ -123,7 +125,8 @@ def cache_root() -> pathlib.Path:
 
 
 def model_files(arch: str, seed: int = 0, cache_dir: Optional[str] = None) -> Tuple[str, str]:
-    """(options.json, weights.hdf5) of a random-weight model of `arch`, written once and cached
+    """(options.json, weights.hdf5) of a random-weight model of `arch` (small | medium | original, or
+    tiny for plumbing checks), written once and cached
     (a COMPLETE marker is written last, so a run killed half-way writes it again)."""
     from .. import synthetic
 
@@ -133,7 +136,8 @@ def model_files(arch: str, seed: int = 0, cache_dir: Optional[str] = None) -> Tu
     if not done.exists():
         d.parent.mkdir(parents=True, exist_ok=True)
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{arch}-", dir=str(d.parent)))
-        synthetic.write_model(str(tmp), synthetic.make_options(arch), seed=seed)
+        options = synthetic.make_options(**TINY_OPTIONS) if arch == "tiny" else synthetic.make_options(arch)
+        synthetic.write_model(str(tmp), options, seed=seed)
         d.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / "options.json", opath)
         os.replace(tmp / "weights.hdf5", wpath)
