@@ -25,7 +25,8 @@
 #                   allennlp, batches 256, 1, 64, the 20-token latency (elmo_bench.{json,md,png})
 #   5  bench-lstm, bench-char-cnn   the kernel sweeps, most important first, with what is left
 #
-# $OUT (set by the device tool; elsewhere default bench/results/<date>-<device found>/) gets at most
+# $OUT (set by the device tool; elsewhere default bench/results/<date>-<device found>/, for a dry
+# run ${TMPDIR:-/tmp}/elmo_gpu_all_dryrun) gets at most
 # 8 flat files: record.md record.json logs.tar.gz elmo_bench.json elmo_bench.md elmo_bench.png
 # bench_lstm.json bench_char_cnn.json. bench/README.md says how to run it and file the results.
 #
@@ -58,7 +59,11 @@ else
         | sed 's/-\+/-/g; s/^-//; s/-$//')
   TAG=${TAG:-nogpu}
 fi
-OUT=${OUT:-$ROOT/bench/results/$(date -u +%Y-%m-%d)-$TAG}
+if [ "$DRY_RUN" = 1 ]; then
+  OUT=${OUT:-${TMPDIR:-/tmp}/elmo_gpu_all_dryrun}   # a dry run's record does not belong in bench/results
+else
+  OUT=${OUT:-$ROOT/bench/results/$(date -u +%Y-%m-%d)-$TAG}
+fi
 mkdir -p "$OUT" || exit 1
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/elmo_gpu_all.XXXXXX")
 LOGS=$WORK/logs

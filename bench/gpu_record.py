@@ -92,7 +92,8 @@ def tests(logs: str, key: str):
         try:
             root = ET.parse(junit).getroot()
             suites = [root] if root.tag == "testsuite" else list(root)
-            agg = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+            keys = ("tests", "failures", "errors", "skipped")
+            agg = {k: sum(int(s.get(k, 0)) for s in suites) for k in keys}
             agg["failed_tests"] = [f"{c.get('classname')}::{c.get('name')}" for s in suites
                                    for c in s.iter("testcase")
                                    if c.find("failure") is not None or c.find("error") is not None][:60]
@@ -118,7 +119,8 @@ def tests(logs: str, key: str):
             if "::" in line and line.strip():
                 last = line.strip()
     return {"tests": len(vals), "failures": vals.count("FAILED"), "errors": vals.count("ERROR"),
-            "skipped": vals.count("SKIPPED"), "failed_tests": [k for k, v in seen.items() if v in ("FAILED", "ERROR")],
+            "skipped": vals.count("SKIPPED"),
+            "failed_tests": [k for k, v in seen.items() if v in ("FAILED", "ERROR")],
             "source": junit_note + "the -v log (no junit: the stage was cut or crashed)",
             "last_test_line": last[:300]}
 
@@ -167,23 +169,29 @@ def main() -> int:
 
 def to_markdown(rec) -> str:
     env = rec["environment"]
-    L = [f"# gpu_all: {env.get('gpu') or 'no GPU'}{' (DRY RUN on the CPU: plumbing only)' if rec['dry_run'] else ''}",
+    dry = " (DRY RUN on the CPU: plumbing only)" if rec["dry_run"] else ""
+    L = [f"# gpu_all: {env.get('gpu') or 'no GPU'}{dry}",
          "",
-         f"- written {rec['written']}; wall {rec['wall_s']} s of {rec['total_s']} s; commit `{env.get('commit')}`"
+         f"- written {rec['written']}; wall {rec['wall_s']} s of {rec['total_s']} s; "
+         f"commit `{env.get('commit')}`"
          f"{' (uncommitted changes)' if env.get('dirty') else ''}; command `{rec['command']}`",
-         f"- GPU: {env.get('gpu')} ({env.get('gpu_memory')}), driver {env.get('driver')}, nvcc {env.get('nvcc')}",
+         f"- GPU: {env.get('gpu')} ({env.get('gpu_memory')}), driver {env.get('driver')}, "
+         f"nvcc {env.get('nvcc')}",
          f"- torch {env.get('torch')} (CUDA {env.get('cuda')}), triton {env.get('triton')}, "
          f"Python {env.get('python')}",
-         f"- CUDA extension: {rec['extension']}" + (" -- DISABLED after test-cuda failed" if rec["extension_disabled"]
-                                                   else "")]
+         f"- CUDA extension: {rec['extension']}"
+         + (" -- DISABLED after test-cuda failed" if rec["extension_disabled"] else "")]
     if rec["not_run"]:
         L.append(f"- not run (the run ended first): {', '.join(rec['not_run'])}")
     L += [f"- note: {n}" for n in rec["notes"]]
     L += ["", "## Stages", "", "| stage | status | rc | seconds | note |", "|---|---|---|---|---|"]
-    L += [f"| {s['stage']} | {s['status']} | {s['rc']} | {s['seconds']} | {s['note']} |" for s in rec["stages"]]
-    L += ["", "## Tests", "", "| stage | tests | failures | errors | skipped | from |", "|---|---|---|---|---|---|"]
+    L += [f"| {s['stage']} | {s['status']} | {s['rc']} | {s['seconds']} | {s['note']} |"
+          for s in rec["stages"]]
+    L += ["", "## Tests", "", "| stage | tests | failures | errors | skipped | from |",
+          "|---|---|---|---|---|---|"]
     for k, t in rec["tests"].items():
-        L.append(f"| test-{k} | {t['tests']} | {t['failures']} | {t['errors']} | {t['skipped']} | {t['source']} |")
+        L.append(f"| test-{k} | {t['tests']} | {t['failures']} | {t['errors']} | {t['skipped']} | "
+                 f"{t['source']} |")
     for k, t in rec["tests"].items():
         L += [f"- FAILED (test-{k}): `{f}`" for f in t.get("failed_tests", [])]
         if t.get("last_test_line"):

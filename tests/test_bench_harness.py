@@ -124,7 +124,8 @@ def test_run_writes_a_whole_record(tiny_files, tmp_path):
     js, md = tmp_path / "out" / "r.json", tmp_path / "out" / "r.md"
     with one_thread():
         rc = bench.run(parse("--device", "cpu", "--quick", "--variants", "reference,fast",
-                             "--batch-sizes", "3,1", "--budget", "0.01", "--latency-reps", "2", "--json", str(js), "--md", str(md)))
+                             "--batch-sizes", "3,1", "--budget", "0.01", "--latency-reps", "2",
+                             "--json", str(js), "--md", str(md)))
     assert rc == 0
     rec = json.loads(js.read_text())
     assert rec["complete"] and [r["batch_size"] for r in rec["throughput"]] == [3, 3, 1, 1]

@@ -71,13 +71,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _argv() -> List[str]:
+    """sys.argv with the script's path as a record stores paths (display_path)."""
+    argv = list(sys.argv)
+    if argv and os.path.isfile(argv[0]):
+        argv[0] = display_path(argv[0])
+    return argv
+
+
 def environment(device: torch.device) -> Dict[str, Any]:
     """Machine, versions, commit, date and command line of this run."""
     root = repo_root()
     cwd = str(root) if root else None
     env: Dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "command": " ".join(shlex.quote(a) for a in _argv()),
         "commit": (_run(["git", "rev-parse", "HEAD"], cwd) if cwd else "") or "unknown",
         "dirty": bool(cwd and _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd)),
         "python": platform.python_version(),
