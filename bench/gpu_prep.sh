@@ -12,9 +12,12 @@ WHEEL=allennlp-0.9.0-py3-none-any.whl
 
 exclude=$(git rev-parse --git-path info/exclude)
 mkdir -p "$(dirname "$exclude")"
-grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >> "$exclude"
-git check-ignore -q .whl || { echo "gpu_prep.sh: .whl/ is not ignored by git ($exclude)" >&2; exit 1; }
+if ! grep -qx '/.whl/' "$exclude" 2>/dev/null; then
+  [ -s "$exclude" ] && [ -n "$(tail -c 1 "$exclude")" ] && echo >> "$exclude"   # end the last line first
+  echo '/.whl/' >> "$exclude"
+fi
 mkdir -p .whl/fixtures
+git check-ignore -q .whl/ || { echo "gpu_prep.sh: .whl/ is not ignored by git ($exclude)" >&2; exit 1; }
 
 tool=$("$PY" -c 'from elmo_fast.bench.allennlp import tool_path; print(tool_path() or "")')
 if [ -z "$tool" ]; then
@@ -37,6 +40,6 @@ else
 fi
 
 echo "in .whl/ (carried with run(..., carry=[\".whl\"])):"
-du -sh .whl .whl/* | sed 's/^/  /'
+du -sh .whl/* | sed "s/^/  /"; du -sh .whl | sed "s/^/  total /"
 size=$(du -sb .whl | cut -f1)
 [ "$size" -lt $(( 48 * 1024 * 1024 )) ] || echo "gpu_prep.sh: WARNING .whl/ is $size bytes; the tree that travels must stay under 64 MiB" >&2
