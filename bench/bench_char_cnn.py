@@ -22,8 +22,6 @@ import random
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = pathlib.Path(os.environ.get("ELMO_FAST_FIXTURES", ROOT.parent / "shared" / "fixtures" / "elmo"))
 STANDARD_FILTERS = [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]
 E_STD, L = 16, 50
 
@@ -32,8 +30,12 @@ E_STD, L = 16, 50
 
 def corpus_words(seed: int):
     """(list of sentences as word lists, description of the source)."""
-    sent_file, vocab_file = FIXTURES / "sentences.json", FIXTURES / "vocab_test.txt"
-    if sent_file.exists():
+    from elmo_fast.bench.inputs import fixtures_dir
+
+    fixtures = fixtures_dir()
+    sent_file = fixtures / "sentences.json" if fixtures else None
+    vocab_file = fixtures / "vocab_test.txt" if fixtures else None
+    if sent_file is not None:
         groups = json.loads(sent_file.read_text())
         sents = [s.split() for g in groups for s in g]
         src = f"{sent_file.name} ({len(sents)} sentences)"
@@ -65,7 +67,7 @@ def sample_chars(n: int, sents, seed: int = 0):
     table = {w: i for i, w in enumerate(dict.fromkeys(words))}
     from elmo_fast.chars import tokens_to_char_ids
 
-    rows = torch.as_tensor(tokens_to_char_ids(list(table)))
+    rows = torch.as_tensor(tokens_to_char_ids(list(table)), dtype=torch.long)
     return rows[torch.tensor([table[w] for w in words])]
 
 
@@ -133,17 +135,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU: tiny N, reference + Triton interpreter")
     ap.add_argument("--sizes", type=int, nargs="*", help="token counts (default 4k..256k; dry run 64, 256)")
-    ap.add_argument("--dtypes", nargs="*", default=["fp32", "bf16"])
+    ap.add_argument("--dtypes", nargs="*", default=["bf16", "fp32"])
     ap.add_argument("--json", type=pathlib.Path, help="write the records here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-s", type=float, default=None,
+                    help="start no new measurement after this many seconds")
     args = ap.parse_args(argv)
 
     if args.dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
+    from elmo_fast.kernels.char_cnn import _config, char_cnn_fwd
 
     from elmo_fast.dedup import real_lengths, unique_tokens
-    from elmo_fast.kernels.char_cnn import _config, char_cnn_fwd
     from elmo_fast.reference.char_cnn import char_cnn_ref
 
     cuda = torch.cuda.is_available() and not args.dry_run
@@ -155,9 +159,20 @@ def main(argv=None) -> int:
 
     env = environment(torch.device(dev))
     env["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
-    print(f"# char CNN, standard filters (2048, E=16) | {env['gpu'] or env['cpu']} | torch {env['torch']} triton "
+    print(f"# char CNN, standard filters (2048, E=16) | {env['gpu'] or env['cpu']} | torch {env['torch']} "
+          f"triton "
           f"{env['triton']} | tokens: {source}")
-    records = dict(env=env, token_source=source, runs=[], dedup=[], trick=None)
+    records = dict(env=env, token_source=source, runs=[], dedup=[], trick=None, complete=False)
+    t_start = time.perf_counter()
+
+    def flush():  # the record is rewritten after every measurement: a run cut short keeps them
+        if args.json:
+            from elmo_fast.bench import write_json
+
+            write_json(str(args.json), records)
+
+    def out_of_time() -> bool:
+        return args.max_s is not None and time.perf_counter() - t_start > args.max_s
 
     big = sample_chars(max(sizes), sents, args.seed)
     block_t = _config(torch.device("cuda"), torch.bfloat16)["BLOCK_T"]
@@ -196,13 +211,16 @@ def main(argv=None) -> int:
                      full_flops(n)),
                 ]
             for name, fn, flops in impls:
+                if out_of_time():
+                    break
                 ms, lo, hi = timer(fn, cuda)
                 rec = dict(dtype=dname, n=n, impl=name, ms=ms, p20=lo, p80=hi, tokens_per_s=n / ms * 1e3,
                            tflops_eff=full_flops(n) / ms / 1e9, tflops_exec=flops / ms / 1e9)
                 records["runs"].append(rec)
                 print(f"{dname:5} {n:>7} {name:22} {ms:9.3f} [{lo:8.3f}, {hi:8.3f}] "
                       f"{rec['tokens_per_s'] / 1e6:8.3f} "
-                      f"{rec['tflops_eff']:9.2f} {rec['tflops_exec']:9.2f}")
+                      f"{rec['tflops_eff']:9.2f} {rec['tflops_exec']:9.2f}", flush=True)
+                flush()
         if args.dry_run:  # the interpreter is far too slow to time: check it once at tiny N
             chars = big[:16]
             ref = char_cnn_ref(chars, emb, ws, bs).float()
@@ -214,6 +232,9 @@ def main(argv=None) -> int:
     print(f"\n# dedup (ms): {'N':>7} {'hash':>9} {'sort (packed)':>14} {'torch.unique(dim=0)':>20} "
           f"{'unique %':>9}")
     for n in sizes:
+        if out_of_time():
+            print(f"# --max-s {args.max_s} reached", flush=True)
+            break
         chars = big[:n].to(dev)
         row = dict(n=n, unique=int(unique_tokens(chars)[0].shape[0]))
         row["hash_ms"] = timer(lambda: unique_tokens(chars, method="hash"), cuda)[0]
@@ -223,14 +244,13 @@ def main(argv=None) -> int:
         print(f"#            {n:>7} {row['hash_ms']:9.3f} {row['sort_ms']:14.3f} "
               f"{row['torch_unique_ms']:20.3f} "
               f"{100 * row['unique'] / n:9.1f}")
-
+        flush()
+    records["complete"] = not out_of_time()
+    flush()
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=1))
         print(f"# wrote {args.json}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT / "src"))
     sys.exit(main())

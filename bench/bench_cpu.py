@@ -58,9 +58,9 @@ def main(argv=None) -> int:
     print(f"batch: {args.batch} sentences, {ntok} tokens, longest {ids.shape[1]} "
           f"(lengths from {lengths_src})", flush=True)
 
-    ours, call_ours = B._build("reference", opath, wpath, device)
+    ours, call_ours = B.build_variant("reference", opath, wpath, device)
     allen = B.load_allennlp()
-    theirs, call_theirs = B._build("allennlp", opath, wpath, device, allen)
+    theirs, call_theirs = B.build_variant("allennlp", opath, wpath, device, allen)
     calls = {"elmo_fast": call_ours, "allennlp": call_theirs}
 
     # same output? both start from a zero state on their first call
@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     if args.json_path:
         rec = {"kind": "bench_cpu", "environment": env, "arch": args.arch, "batch": args.batch,
                "tokens": ntok, "max_len": int(ids.shape[1]), "threads": torch.get_num_threads(),
-               "reps": args.reps, "sentence_lengths_from": lengths_src, "vocabulary_from": vocab_src,
+               "reps": args.reps, "sentence_lengths_from": B.display_source(lengths_src),
+               "vocabulary_from": B.display_source(vocab_src),
                "results": res, "ratio": ratio, "ratio_best": ratio_best, "ratio_cpu_time": ratio_cpu,
                "load_average_after": load, "first_call_error": err, "masks_equal": same_mask}
         os.makedirs(os.path.dirname(os.path.abspath(args.json_path)), exist_ok=True)

@@ -8,23 +8,22 @@ generated), 'unicode' = the same with a third of the tokens made non-ASCII (the 
 """
 from __future__ import annotations
 
-import pathlib
 import random
-import sys
 import time
 
 import pytest
 
+from elmo_fast.bench import fixtures_dir
+from elmo_fast.bench import load_allennlp as bench_load_allennlp
 from elmo_fast.chars import batch_to_ids
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 N_TOKENS = 10_000
 
 
 def _words():
-    vocab = SHARED / "fixtures" / "elmo" / "vocab_test.txt"
-    if vocab.exists():
+    fixtures = fixtures_dir()
+    vocab = fixtures / "vocab_test.txt" if fixtures else None
+    if vocab is not None and vocab.exists():
         words = [w for w in vocab.read_text(encoding="utf-8").split("\n") if w]
         if words:
             return words
@@ -49,12 +48,7 @@ def make_batch(kind: str, n_tokens: int = N_TOKENS, seed: int = 0):
 
 
 def load_allennlp():
-    sys.path.insert(0, str(SHARED / "tools"))
-    try:
-        import allennlp_elmo
-        return allennlp_elmo.load()[1]
-    finally:
-        sys.path.pop(0)
+    return bench_load_allennlp()[1]
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,13 @@ def _step_rows(len_ptr, s, B, T, REVERSE: tl.constexpr, BLOCK_B: tl.constexpr):
     return rb, bmask, L, active, pos
 
 
+@triton.jit
+def _row_offsets(rb, pos, stride_b, stride_t):
+    """Element offsets rb * stride_b + pos * stride_t in int64: for [B, T, 4C] inputs B*T*4C can
+    pass 2**31 (original model, B = 1024, T >= 128), where int32 offsets wrap."""
+    return rb.to(tl.int64) * stride_b + pos.to(tl.int64) * stride_t
+
+
 @triton.jit(do_not_specialize=["s"])  # one compile for every step index
 def _lstm_gates_kernel(
     xproj_ptr, whh_ptr, h_ptr, c_ptr, m_ptr, len_ptr,
@@ -75,7 +82,7 @@ def _lstm_gates_kernel(
         acc_o += dot(h, w_o, DOT)
 
     amask = active[:, None] & cmask[None, :]
-    x_base = xproj_ptr + rb[:, None] * stride_xb + pos[:, None] * stride_xt + rc[None, :]
+    x_base = xproj_ptr + _row_offsets(rb, pos, stride_xb, stride_xt)[:, None] + rc[None, :]
     x_i = tl.load(x_base + 0 * C, mask=amask, other=0.0).to(tl.float32)
     x_f = tl.load(x_base + 1 * C, mask=amask, other=0.0).to(tl.float32)
     x_g = tl.load(x_base + 2 * C, mask=amask, other=0.0).to(tl.float32)
@@ -116,7 +123,7 @@ def _lstm_proj_kernel(
 
     amask = active[:, None] & pmask[None, :]
     tl.store(h_ptr + rb[:, None] * P + rp[None, :], acc, mask=amask)
-    out_row = out_ptr + rb[:, None] * (T * P) + rp[None, :]
+    out_row = out_ptr + rb.to(tl.int64)[:, None] * (T * P) + rp[None, :]  # int64: B*T*P may pass 2**31
     tl.store(out_row + pos[:, None] * P, acc.to(out_ptr.dtype.element_ty), mask=amask)
     pad = (bmask & (s >= L))[:, None] & pmask[None, :]
     tl.store(out_row + s * P, tl.zeros((BLOCK_B, BLOCK_P), dtype=tl.float32).to(out_ptr.dtype.element_ty),

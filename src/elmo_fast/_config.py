@@ -13,9 +13,10 @@ ELMO_FAST_FIXTURES       the ELMo test fixture folder (tests, benchmarks; defaul
 ELMO_FAST_BENCH_CACHE    where the benchmarks cache their random-weight models
                          (default $ELMO_FAST_CACHE/bench)
 ELMO_ALLENNLP_TOOL       the benchmarks' allennlp loader (allennlp_elmo.py); ELMO_ALLENNLP_WHEEL its wheel
-
+ELMO_FAST_SHARED         a shared/ folder holding fixtures/elmo and tools/ (benchmarks; path_setting)
 ELMO_FAST_RAY_TEST_EXIT  K:DIR, a test hook: the first Ray worker to reach its K-th batch records
                          DIR/ray-worker-exit and ends its process (ray_test_exit(), read by ray.py)
+
 Read at build time, where the package cannot be imported (listed so there is one place to look):
 ELMO_FAST_BUILD_CUDA     0 = skip the CUDA extension, 1 = require it, unset = build if nvcc exists (setup.py)
 ELMO_FAST_CUDA_ARCH      SM architectures for the extension, default 90 (setup.py, csrc/nvcc_build.py)
@@ -116,3 +117,22 @@ def allennlp_wheel() -> Optional[str]:
 def raw(names: Sequence[str]) -> Dict[str, Optional[str]]:
     """The variables' values as set (None when unset), for reports such as `elmo-fast info`."""
     return {name: os.environ.get(name) for name in names}
+
+
+# Paths the benchmarks (elmo_fast.bench) look in first; elmo_fast.bench.inputs says where else:
+#   ELMO_FAST_SHARED      a shared/ folder holding fixtures/elmo and tools/ (default: a shared/ beside
+#                         or above the working directory or the installed package)
+#   ELMO_FAST_FIXTURES    the ELMo fixture folder itself (sentences.json, vocab_test.txt, ...)
+#   ELMO_FAST_BENCH_CACHE the bench's random-weight models (default: cache_root("bench"))
+#   ELMO_ALLENNLP_TOOL    allennlp_elmo.py, the loader of allennlp 0.9's Elmo (default: shared/tools)
+#   ELMO_ALLENNLP_WHEEL   the allennlp 0.9.0 wheel that tool reads
+PATH_SETTINGS = ("ELMO_FAST_SHARED", "ELMO_FAST_FIXTURES", "ELMO_FAST_BENCH_CACHE", "ELMO_ALLENNLP_TOOL",
+                 "ELMO_ALLENNLP_WHEEL")
+
+
+def path_setting(name: str):
+    """The path a PATH_SETTINGS variable names (user-expanded), or None when it is unset or empty."""
+    if name not in PATH_SETTINGS:
+        raise KeyError(f"{name} is not one of {', '.join(PATH_SETTINGS)}")
+    value = os.environ.get(name, "").strip()
+    return os.path.expanduser(value) if value else None
