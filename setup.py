@@ -69,7 +69,8 @@ class NvccBuildExt(build_ext):
 
 setup(
     package_dir={"elmo_fast": "src/elmo_fast", "elmo_fast.kernels": "kernels"},
-    packages=["elmo_fast", "elmo_fast.reference", "elmo_fast.ops", "elmo_fast.kernels", "elmo_fast.bench"],
+    packages=["elmo_fast", "elmo_fast.reference", "elmo_fast.ops", "elmo_fast.kernels", "elmo_fast.bench",
+              "elmo_fast.corpus"],
     # the registry's 'tiny' model (bilm-tf's test fixture, Apache-2.0; see its NOTICE.md)
     package_data={"elmo_fast": ["data/tiny/options.json", "data/tiny/weights.hdf5", "data/tiny/NOTICE.md"]},
     # sources listed for sdists; NvccBuildExt compiles them itself

@@ -87,9 +87,9 @@ def backends(device: str, dry_run: bool) -> Tuple[Dict[str, Callable], Dict[str,
     except Exception as exc:  # report, keep benchmarking the others
         missing["cuda"] = f"{type(exc).__name__}: {exc}"
     try:
-        from elmo_fast.kernels.lstm_step import lstm_layer_triton
+        from elmo_fast.kernels.lstm_step import lstm_layer_fwd
 
-        fns["triton"] = lstm_layer_triton
+        fns["triton"] = lstm_layer_fwd
     except Exception as exc:
         missing["triton"] = f"{type(exc).__name__}: {exc}"
     for name, why in missing.items():

@@ -359,7 +359,6 @@ encode.cache_clear = _cached_embedder.cache_clear  # type: ignore[attr-defined]
 from .corpus import (  # noqa: E402
     OUTPUT_FORMATS, InputError, check_output_path, check_sentences, corpus_batches, embed_corpus, read_sentences,
 )
-from .corpus.reader import check_sentence_keys as _check_sentence_keys  # noqa: E402
 
 __all__ = ["ElmoEmbedder", "resolve_device", "OUTPUT_FORMATS", "InputError", "check_output_path",
            "check_sentences", "corpus_batches", "embed_corpus", "read_sentences"]

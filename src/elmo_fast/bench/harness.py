@@ -9,7 +9,6 @@ gets a time budget and runs as many repetitions as fit (at least one after a war
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -107,28 +106,8 @@ def fp32_exact() -> Iterator[None]:
 def _force_backend(name: str, seen: Optional[Dict[str, str]] = None) -> Iterator[None]:
     """Runs the block with op backend `name` (auto | cuda | triton | torch; 'auto' = the
     dispatcher's own choice) and, when `seen` is given, records in it which backend each op ran.
+    The only place the benchmarks steer the dispatcher (`elmo_fast.ops.use_backend`)."""
+    from .. import ops
 
-    The only place the benchmarks steer the dispatcher. Today it sets ELMO_FAST_BACKEND (read on
-    every op call) and wraps Op.select to record the choices; it becomes
-    `with elmo_fast.ops.use_backend(name):` once the dispatcher has that API."""
-    from ..ops import _dispatch
-
-    old_env = os.environ.get("ELMO_FAST_BACKEND")
-    orig_select = _dispatch.Op.select
-
-    def select(self, **inputs):
-        b = orig_select(self, **inputs)
-        seen[self.name] = b.name
-        return b
-
-    os.environ["ELMO_FAST_BACKEND"] = name
-    if seen is not None:
-        _dispatch.Op.select = select
-    try:
+    with ops.use_backend(name), ops.record_backends(seen):
         yield
-    finally:
-        _dispatch.Op.select = orig_select
-        if old_env is None:
-            os.environ.pop("ELMO_FAST_BACKEND", None)
-        else:
-            os.environ["ELMO_FAST_BACKEND"] = old_env
