@@ -128,15 +128,18 @@ def bench_stub(args) -> List[Dict]:
                     secs = time.perf_counter() - t
                     size = os.path.getsize(out)
                     os.unlink(out)
-                    payload = tokens * (3 if fmt == "all" else 1) * 1024 * (4 if dtype_out == "float32" else 2)
+                    payload = (tokens * (3 if fmt == "all" else 1) * 1024
+                               * (4 if dtype_out == "float32" else 2))
                     raw = raw_write(d, payload)
                     row = dict(bench="stub", layout=layout, format=fmt, dtype_out=dtype_out, sentences=n,
                                tokens=tokens, seconds=secs, tokens_per_s=tokens / secs, file_bytes=size,
                                payload_bytes=payload, raw_seconds=raw, raw_tokens_per_s=tokens / raw,
                                ratio_to_raw=raw / secs)
                     rows.append(row)
-                    print(f"stub {layout:8} --{fmt:3} {dtype_out:8} {row['tokens_per_s']:>12,.0f} tok/s   raw write "
-                          f"{row['raw_tokens_per_s']:>12,.0f} tok/s   ratio {row['ratio_to_raw']:.2f}", flush=True)
+                    print(f"stub {layout:8} --{fmt:3} {dtype_out:8} "
+                          f"{row['tokens_per_s']:>12,.0f} tok/s   raw write "
+                          f"{row['raw_tokens_per_s']:>12,.0f} tok/s   "
+                          f"ratio {row['ratio_to_raw']:.2f}", flush=True)
     return rows
 
 
@@ -198,7 +201,8 @@ def bench_e2e(args) -> List[Dict]:
         a_secs = time.perf_counter() - t
         rows.append(dict(bench="e2e", impl="allennlp", arch=arch, sentences=n, tokens=tokens, seconds=a_secs,
                          tokens_per_s=tokens / a_secs, speedup=a_secs / secs))
-        print(f"e2e  allennlp  {arch}: {tokens / a_secs:,.0f} tok/s ({a_secs:.1f} s); speed-up {a_secs / secs:.2f}x",
+        print(f"e2e  allennlp  {arch}: {tokens / a_secs:,.0f} tok/s ({a_secs:.1f} s); "
+              f"speed-up {a_secs / secs:.2f}x",
               flush=True)
     return rows
 
@@ -224,8 +228,8 @@ def _child(args) -> None:
 
 
 def _measure(kind: str, src: str, out: str, extra: List[str]) -> Dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "_child", "--child", kind, "--input", src, "--output", out,
-           *extra]
+    cmd = [sys.executable, os.path.abspath(__file__), "_child", "--child", kind, "--input", src,
+           "--output", out, *extra]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"measurement failed: {p.stderr.strip()[-2000:]}")
@@ -246,7 +250,8 @@ def bench_memory(args) -> List[Dict]:
             print(f"memory stub {n:>7} sentences: peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
         ratio = rows[1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
         rows.append(dict(bench="memory", job="stub", growth=ratio))
-        print(f"memory stub: {large} / {small} sentences peak RSS ratio {ratio:.3f} (target <= 1.10)", flush=True)
+        print(f"memory stub: {large} / {small} sentences peak RSS ratio {ratio:.3f} (target <= 1.10)",
+              flush=True)
         arch = "small" if args.quick else args.arch
         T = 300 if args.quick else args.long_line
         opts, weights = write_model(os.path.join(d, "model"), make_options(arch), seed=0)
@@ -257,7 +262,8 @@ def bench_memory(args) -> List[Dict]:
             f.write(" ".join(vocab[j] for j in rng.integers(len(vocab), size=T)) + "\n")
         r = _measure("model", src, os.path.join(d, "o.h5"), ["--options", opts, "--weights", weights])
         rows.append(dict(bench="memory", job="long-line", arch=arch, tokens=T, **r))
-        print(f"memory long line: {T} tokens, {arch}: peak RSS {r['peak_rss_mb']:.0f} MB ({r['seconds']:.0f} s)",
+        print(f"memory long line: {T} tokens, {arch}: peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"({r['seconds']:.0f} s)",
               flush=True)
     return rows
 

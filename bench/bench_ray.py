@@ -31,7 +31,8 @@ from elmo_fast import bench as B
 def _corpus(n: int):
     fixtures = B.fixtures_dir()
     if fixtures is None:
-        raise SystemExit("bench_ray: the shared fixture (../shared/fixtures/elmo) is not found; set ELMO_FAST_FIXTURES")
+        raise SystemExit("bench_ray: the shared fixture (../shared/fixtures/elmo) is not found; "
+                         "set ELMO_FAST_FIXTURES")
     batches = json.loads((fixtures / "sentences.json").read_text())
     base = [" ".join(s) for b in batches for s in b]
     return [base[i % len(base)] for i in range(n)], str(fixtures)
@@ -56,7 +57,8 @@ def _on_ray(model: str, sentences, workers: int, batch_size: int):
     ds = sentences_dataset(sentences, rows_per_block=batch_size * 4)
     first = None
     n = 0
-    for _ in ordered_embeddings(embed_dataset(ds, model, workers=workers, batch_size=batch_size), len(sentences)):
+    for _ in ordered_embeddings(embed_dataset(ds, model, workers=workers, batch_size=batch_size),
+                                len(sentences)):
         if first is None:
             first = time.perf_counter() - start
         n += 1
@@ -103,10 +105,10 @@ def main(argv=None) -> int:
         ray.data.DataContext.get_current().enable_progress_bars = False
         for w in args.workers:
             secs, first = _on_ray(model, sentences, w, args.batch_size)
-            runs.append({"variant": f"ray {w} worker(s)", "workers": w, "seconds": secs, "first_result_s": first,
-                         "tokens_per_s": tokens / secs})
-            print(f"  Ray, {w} CPU worker(s): {tokens / secs:10.0f} tokens/s ({secs:.1f} s, first result after "
-                  f"{first:.1f} s)", flush=True)
+            runs.append({"variant": f"ray {w} worker(s)", "workers": w, "seconds": secs,
+                         "first_result_s": first, "tokens_per_s": tokens / secs})
+            print(f"  Ray, {w} CPU worker(s): {tokens / secs:10.0f} tokens/s ({secs:.1f} s, "
+                  f"first result after {first:.1f} s)", flush=True)
     finally:
         ray.shutdown()
     rec = {"bench": "ray", "environment": env, "ray": ray.__version__, "model": model,

@@ -65,7 +65,8 @@ class _FullDisk:
 
 
 @pytest.mark.parametrize("layout", ["allennlp", "flat"])
-def test_no_space_left_is_one_line_and_leaves_the_old_output(capsys, model, corpus, tmp_path, monkeypatch, layout):
+def test_no_space_left_is_one_line_and_leaves_the_old_output(capsys, model, corpus, tmp_path, monkeypatch,
+                                                             layout):
     out = tmp_path / "out.h5"
     out.write_bytes(b"old")
     real_init = diskio.GuardedFile.__init__

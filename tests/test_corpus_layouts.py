@@ -127,7 +127,8 @@ def test_average_is_np_average_bit_for_bit():
 def _legacy_embed_corpus(embedder, sentences, out, fmt, batch_size, by_length):
     """The implementation this package replaced (values and index only): the oracle."""
     tokens = [s.split() for s in sentences]
-    order = sorted(range(len(tokens)), key=lambda i: -len(tokens[i])) if by_length else list(range(len(tokens)))
+    order = (sorted(range(len(tokens)), key=lambda i: -len(tokens[i])) if by_length
+             else list(range(len(tokens))))
     data = {}
     for k in range(0, len(order), batch_size):
         idx = order[k:k + batch_size]
@@ -187,8 +188,10 @@ def test_empty_line_modes(stateless, alone, tmp_path, layout):
     src.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match=r"empty lines at indexes \[1, 3\].*--empty-lines"):
         embed_corpus(stateless, str(src), tmp_path / "e.h5", progress=False, layout=layout)
-    embed_corpus(stateless, str(src), tmp_path / "keep.h5", "all", progress=False, layout=layout, empty_lines="keep")
-    embed_corpus(stateless, str(src), tmp_path / "skip.h5", "all", progress=False, layout=layout, empty_lines="skip")
+    embed_corpus(stateless, str(src), tmp_path / "keep.h5", "all", progress=False, layout=layout,
+                 empty_lines="keep")
+    embed_corpus(stateless, str(src), tmp_path / "skip.h5", "all", progress=False, layout=layout,
+                 empty_lines="skip")
     with open_embeddings(tmp_path / "keep.h5") as keep, open_embeddings(tmp_path / "skip.h5") as skip:
         assert len(keep) == 5 and len(skip) == 3
         assert keep[1].shape == (3, 0, 16) and keep[3].shape == (3, 0, 16)
@@ -227,7 +230,8 @@ def test_batches_respect_the_token_budget(stateless, tmp_path, monkeypatch):
         return real(self, ids)
 
     monkeypatch.setattr(EmbedderModel, "__call__", spy)
-    embed_corpus(stateless, SENTENCES * 4, tmp_path / "o.h5", "top", batch_size=64, batch_tokens=20, progress=False)
+    embed_corpus(stateless, SENTENCES * 4, tmp_path / "o.h5", "top", batch_size=64, batch_tokens=20,
+                 progress=False)
     longest = max(len(s.split()) for s in SENTENCES)
     assert seen and all(n <= 20 or n == longest for n in seen), seen
 

@@ -48,7 +48,8 @@ def contents(path):
     with h5py.File(path, "r") as f:
         out = {}
         f.visititems(lambda name, obj: out.__setitem__(name, obj[()].tobytes() if obj.dtype != object
-                                                        else repr(obj[()])) if isinstance(obj, h5py.Dataset) else None)
+                                                        else repr(obj[()]))
+                     if isinstance(obj, h5py.Dataset) else None)
         out["attrs"] = {k: str(v) for k, v in f.attrs.items()}
     return out
 
@@ -93,7 +94,8 @@ def _fail_after_pieces(monkeypatch, k):
 
 
 @pytest.mark.parametrize("layout", ["flat", "allennlp"])
-def test_resume_after_an_exception_after_piece_k(capsys, corpus, model, tmp_path, reference, monkeypatch, layout):
+def test_resume_after_an_exception_after_piece_k(capsys, corpus, model, tmp_path, reference, monkeypatch,
+                                                 layout):
     out = tmp_path / "out.h5"
     _fail_after_pieces(monkeypatch, 2)
     with pytest.raises(_Boom):
@@ -265,7 +267,8 @@ def test_a_live_run_is_never_touched(capsys, corpus, model, tmp_path):
 
 def test_stale_temporaries_of_dead_runs_are_removed(capsys, corpus, model, tmp_path):
     out = tmp_path / "out.h5"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True)
     dead_pid = int(dead.stdout)
     stale = tmp_path / f".out.h5.{dead_pid}.0123abcd.tmp"
     live = tmp_path / f".out.h5.{os.getppid()}.0123abcd.tmp"          # a live process's: kept

@@ -121,7 +121,8 @@ def _assert_same_output(got_path, ref_path, n=None):
     with open_embeddings(str(got_path)) as got, open_embeddings(str(ref_path)) as ref:
         assert len(got) == len(ref) == (len(SENTENCES) if n is None else n)
         for i in range(len(ref)):
-            assert_close(torch.from_numpy(np.array(got[i])), torch.from_numpy(np.array(ref[i])), msg=f"sentence {i}")
+            assert_close(torch.from_numpy(np.array(got[i])), torch.from_numpy(np.array(ref[i])),
+                         msg=f"sentence {i}")
 
 
 @pytest.mark.parametrize("fmt, extra, empty", [
@@ -139,7 +140,8 @@ def test_cli_ray_equals_single_process(capsys, tmp_path, fmt, extra, empty):
     assert rc == 0, err
     rc, _, err = _run(capsys, "embed", src, tmp_path / "ray.hdf5", *common, "--ray", "--workers", "2")
     assert rc == 0, err
-    assert "embedding on Ray: 2 worker(s)" in err and re.search(r"wrote \d+ sentences .*Ray: 2 worker", err), err
+    assert ("embedding on Ray: 2 worker(s)" in err
+            and re.search(r"wrote \d+ sentences .*Ray: 2 worker", err)), err
     n = 17 if "--shard" in extra else len(lines)  # shard 1/2 of 5 windows of 8: windows 2-4, sentences 16-32
     _assert_same_output(tmp_path / "ray.hdf5", tmp_path / "single.hdf5", n)
 

@@ -63,7 +63,8 @@ def remove_stale_temporaries(dest: str, notice: Optional[Callable[[str], None]] 
             os.unlink(path)
             n += 1
             if notice:
-                notice(f"removed {path}, a temporary file left by an earlier run (pid {pid}) that no longer runs")
+                notice(f"removed {path}, a temporary file left by an earlier run (pid {pid}) "
+                       "that no longer runs")
     return n
 
 

@@ -102,8 +102,8 @@ def _add_embed(sub) -> None:
                         "zero-token sentences so that sentence i is line i")
     o = p.add_argument_group("output")
     o.add_argument("--layout", choices=("allennlp", "flat"), default="allennlp",
-                   help="allennlp: one dataset per sentence (default, compatible); flat: per stored layer one "
-                        "[total_tokens, D] dataset + offsets, much faster to write and read")
+                   help="allennlp: one dataset per sentence (default, compatible); flat: per stored "
+                        "layer one [total_tokens, D] dataset + offsets, much faster to write and read")
     o.add_argument("--dtype-out", choices=("float32", "float16", "bfloat16"), default="float32",
                    help="dtype of the stored vectors (bfloat16: uint16 bits with a dtype attribute; "
                         "elmo_fast.open_embeddings decodes it)")
@@ -133,7 +133,8 @@ def _add_embed(sub) -> None:
 
 def _add_merge(sub) -> None:
     p = sub.add_parser("merge", help="join shard outputs into one file",
-                       description="Joins the outputs of `elmo-fast embed --shard I/N` runs (any order; their "
+                       description="Joins the outputs of `elmo-fast embed --shard I/N` runs "
+                                   "(any order; their "
                                    "sentence ranges must follow each other, from one model and the same "
                                    "settings) into OUTPUT, the file one process would have written. OUTPUT "
                                    "is written under a temporary name and renamed into place when complete.")
@@ -274,15 +275,18 @@ def cmd_embed(args) -> int:
 
     check_cli_arguments(args)  # --ray's own rules first (stateless, no --device, no --resume)
     for flag, value, low in (("--batch-size", args.batch_size, 1), ("--batch-tokens", args.batch_tokens, 1),
-                             ("--bucket-window", args.bucket_window, 1), ("--piece-sentences", args.piece_sentences, 1)):
+                             ("--bucket-window", args.bucket_window, 1),
+                             ("--piece-sentences", args.piece_sentences, 1)):
         if value is not None and value < low:
             raise CliError(f"{flag} must be at least {low}, got {value}")
     if args.use_sentence_keys and args.layout != "allennlp":
-        raise CliError("--use-sentence-keys needs --layout allennlp (the flat layout indexes sentences by number)")
+        raise CliError("--use-sentence-keys needs --layout allennlp "
+                       "(the flat layout indexes sentences by number)")
     stateful = not args.stateless
     if stateful and args.shard:
-        raise CliError("--shard needs --stateless: in stateful mode each sentence's numbers depend on the state "
-                       "carried from every sentence before it, so a shard cannot start in the middle")
+        raise CliError("--shard needs --stateless: in stateful mode each sentence's numbers depend on "
+                       "the state carried from every sentence before it, so a shard cannot start "
+                       "in the middle")
     shard = parse_shard(args.shard) if args.shard else None
     # Everything that can be checked without the model is checked first.
     device = _device(args)

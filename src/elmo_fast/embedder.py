@@ -145,7 +145,8 @@ class ElmoEmbedder:
         # only reached for names not found normally: allennlp's `indexer` has a named replacement
         if name == "indexer":
             raise AttributeError("allennlp's ElmoEmbedder.indexer (ELMoTokenCharactersIndexer) does not "
-                                 "exist in elmo_fast: use elmo_fast.batch_to_ids(sentences) for character ids")
+                                 "exist in elmo_fast: use elmo_fast.batch_to_ids(sentences) "
+                                 "for character ids")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
@@ -357,7 +358,8 @@ encode.cache_clear = _cached_embedder.cache_clear  # type: ignore[attr-defined]
 # ---------------------------------------------------------------------------------------------
 # The corpus job lives in elmo_fast.corpus; these names stay importable from here.
 from .corpus import (  # noqa: E402
-    OUTPUT_FORMATS, InputError, check_output_path, check_sentences, corpus_batches, embed_corpus, read_sentences,
+    OUTPUT_FORMATS, InputError, check_output_path, check_sentences, corpus_batches, embed_corpus,
+    read_sentences,
 )
 
 __all__ = ["ElmoEmbedder", "resolve_device", "OUTPUT_FORMATS", "InputError", "check_output_path",

@@ -246,7 +246,8 @@ def embed_dataset(ds, model: Optional[str] = None, *, options_file: Optional[str
                   warm_start=warm_start, device="cuda" if gpus_per_worker else "cpu", dtype=dtype,
                   batch_size=batch_size, threads=max(1, int(cpus_per_worker)), text_column=text_column,
                   index_column=index_column, _exit_on_batch=_config.ray_test_exit())
-    return ds.map_batches(BatchEmbedder, fn_constructor_kwargs=kwargs, batch_size=batch_size * batches_per_call,
+    return ds.map_batches(BatchEmbedder, fn_constructor_kwargs=kwargs,
+                          batch_size=batch_size * batches_per_call,
                           compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
                           num_gpus=gpus_per_worker or None, batch_format="numpy")
 
@@ -261,7 +262,8 @@ def sentences_dataset(sentences: Iterable, rows_per_block: int = 1024):
     blocks, index, text = [], [], []
 
     def flush():
-        blocks.append(pa.table({"index": pa.array(index, type=pa.int64()), "text": pa.array(text, pa.string())}))
+        blocks.append(pa.table({"index": pa.array(index, type=pa.int64()),
+                                "text": pa.array(text, pa.string())}))
         index.clear()
         text.clear()
 
@@ -284,7 +286,8 @@ def ordered_embeddings(embedded, indexes) -> Iterator[np.ndarray]:
     buffer (in practice a few batches: Ray Data runs blocks roughly in order). Raises RuntimeError
     for an index not asked for, an index seen twice, or one missing at the end.
     """
-    indexes = np.arange(indexes, dtype=np.int64) if isinstance(indexes, int) else np.asarray(indexes, np.int64)
+    indexes = (np.arange(indexes, dtype=np.int64) if isinstance(indexes, int)
+               else np.asarray(indexes, np.int64))
     n = len(indexes)
     pending: Dict[int, np.ndarray] = {}
     seen = np.zeros(n, dtype=bool)
@@ -318,7 +321,8 @@ def add_cli_arguments(parser) -> None:
     g.add_argument("--workers", type=int, default=1, metavar="N",
                    help="actors embedding in parallel (with --ray; default 1)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
-                   help="GPUs each actor reserves (with --ray; default 0: CPU workers; 0.5 puts two on a GPU)")
+                   help="GPUs each actor reserves (with --ray; default 0: CPU workers; "
+                        "0.5 puts two on a GPU)")
 
 
 def check_cli_arguments(args) -> None:
@@ -340,7 +344,8 @@ def check_cli_arguments(args) -> None:
                        "Ray gives it (--gpus-per-worker G) or on the CPU (G = 0)")
     if args.resume:
         raise CliError("--resume does not work with --ray (the sentences already done are known only inside "
-                       "the job); remove the earlier run's .OUTPUT.parts folder beside OUTPUT and start again")
+                       "the job); remove the earlier run's .OUTPUT.parts folder beside OUTPUT "
+                       "and start again")
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, got {args.workers}")
     if not args.gpus_per_worker >= 0:
@@ -421,7 +426,8 @@ def run_job_on_ray(job, args, model: Optional[str], options: Optional[str], weig
     # The model is loaded once here: a missing or malformed model gets the single-process message
     # before Ray starts, a registry model lands in this node's cache before its workers look for it,
     # and the job records the same model identity as a single-process run.
-    base = EmbedderModel(ElmoEmbedder(options, weights, model=model, stateful=False, warm_start=args.warm_start,
+    base = EmbedderModel(ElmoEmbedder(options, weights, model=model, stateful=False,
+                                      warm_start=args.warm_start,
                                       device="cpu", dtype=_torch_dtype(args.dtype), progress=job.progress))
     identity = dict(base.identity(), device_type="cuda" if args.gpus_per_worker else "cpu")
     num_layers, dim = base.num_layers, base.dim

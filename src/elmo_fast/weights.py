@@ -162,7 +162,8 @@ def tf_to_torch_lstm(W_0: np.ndarray, B: np.ndarray, W_P_0: np.ndarray, input_di
     W_P_0 [C, P]. TF adds forget_bias=1.0 at run time; here it is folded into the bias.
     """
     C = W_0.shape[1] // 4
-    order = np.concatenate([np.arange(0, C), np.arange(2 * C, 3 * C), np.arange(C, 2 * C), np.arange(3 * C, 4 * C)])
+    order = np.concatenate([np.arange(0, C), np.arange(2 * C, 3 * C), np.arange(C, 2 * C),
+                            np.arange(3 * C, 4 * C)])
     W = np.ascontiguousarray(W_0.T[order])  # [4C, in + P], rows in i, f, g, o order
     bias = B[order].astype(np.float32).copy()
     bias[C : 2 * C] += 1.0
@@ -188,12 +189,14 @@ class _Reader:
             raise WeightsError(f"{self.path}: {name!r} is a group, expected a dataset of shape {shape}")
         if tuple(ds.shape) != tuple(shape):
             raise WeightsError(
-                f"{self.path}: dataset {name!r} has shape {tuple(ds.shape)} but the options imply {tuple(shape)}"
+                f"{self.path}: dataset {name!r} has shape {tuple(ds.shape)} "
+                f"but the options imply {tuple(shape)}"
             )
         try:
             arr = np.asarray(ds[...], dtype=np.float32)
         except OSError as exc:  # truncated file: the header is there, the data is not
-            raise WeightsError(f"{self.path}: dataset {name!r} cannot be read, the file looks truncated ({exc})") from None
+            raise WeightsError(f"{self.path}: dataset {name!r} cannot be read, "
+                               f"the file looks truncated ({exc})") from None
         if not np.isfinite(arr).all():
             raise WeightsError(f"{self.path}: dataset {name!r} contains NaN or infinite values")
         return arr
@@ -263,7 +266,8 @@ def load_weights(options: ElmoOptions, path: str) -> ElmoWeights:
             for layer in range(o.n_layers):
                 g = f"RNN_{d}/RNN/MultiRNNCell/Cell{layer}/LSTMCell"
                 layers.append(tf_to_torch_lstm(
-                    read(f"{g}/W_0", (P + P, 4 * C)), read(f"{g}/B", (4 * C,)), read(f"{g}/W_P_0", (C, P)), P))
+                    read(f"{g}/W_0", (P + P, 4 * C)), read(f"{g}/B", (4 * C,)),
+                    read(f"{g}/W_P_0", (C, P)), P))
             lstm.append(layers)
     return ElmoWeights(o, char_embed, conv_w, conv_b, highway, w_proj, b_proj, lstm)
 

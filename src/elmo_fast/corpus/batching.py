@@ -51,7 +51,8 @@ class Window:
         return self.start + len(self.text)
 
 
-def cut(order: Sequence[int], lengths: Sequence[int], batch_size: int, batch_tokens: Optional[int]) -> List[List[int]]:
+def cut(order: Sequence[int], lengths: Sequence[int], batch_size: int,
+        batch_tokens: Optional[int]) -> List[List[int]]:
     """Consecutive runs of `order` (positions) within both limits; empty sentences are left out."""
     batches: List[List[int]] = []
     cur: List[int] = []
@@ -61,7 +62,8 @@ def cut(order: Sequence[int], lengths: Sequence[int], batch_size: int, batch_tok
         if n == 0:
             continue
         wide = max(longest, n)
-        if cur and (len(cur) == batch_size or (batch_tokens is not None and (len(cur) + 1) * wide > batch_tokens)):
+        if cur and (len(cur) == batch_size
+                    or (batch_tokens is not None and (len(cur) + 1) * wide > batch_tokens)):
             batches.append(cur)
             cur, wide = [], n
         cur.append(i)

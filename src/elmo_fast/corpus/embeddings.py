@@ -49,7 +49,8 @@ class _File:
             self.n = int(self.attrs["n_sentences"])
             self.stored = json.loads(self.attrs["stored"])
         else:  # allennlp's own file: str(i) keys, float32
-            self.layout, self.dtype, self.pooled, self.first, self.stored = "allennlp", "float32", False, 0, []
+            self.layout, self.dtype, self.pooled, self.first, self.stored = (
+                "allennlp", "float32", False, 0, [])
             keys = [k for k in self.f.keys() if k != "sentence_to_index"]
             self.n = len(keys)
             first = self.f[keys[0]] if keys else None

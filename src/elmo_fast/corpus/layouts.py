@@ -56,7 +56,8 @@ class OutputSpec:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.use_sentence_keys and self.layout != "allennlp":
-            raise ValueError("use_sentence_keys needs the allennlp layout (the flat layout indexes by number)")
+            raise ValueError("use_sentence_keys needs the allennlp layout "
+                             "(the flat layout indexes by number)")
 
     @property
     def stored(self) -> List[str]:
@@ -75,7 +76,8 @@ class OutputSpec:
 
     def root_attrs(self, first: int, n: int) -> Dict[str, Any]:
         a = {"format": FORMAT, "layout": self.layout, "output_format": self.output_format, "pool": self.pool,
-             "dtype": self.dtype_out, "first_sentence": first, "n_sentences": n, "stored": json.dumps(self.stored)}
+             "dtype": self.dtype_out, "first_sentence": first, "n_sentences": n,
+             "stored": json.dumps(self.stored)}
         a.update({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in self.attrs.items()})
         return a
 
@@ -132,7 +134,7 @@ class AllennlpWriter:
         self._lcpl.set_char_encoding(h5py.h5t.CSET_UTF8)
 
     def add(self, w: WindowOut) -> None:
-        spec, f = self.spec, self.f
+        spec = self.spec
         every = spec.output_format == "all"
         off = 0
         for j, n in enumerate(w.lengths.tolist()):

@@ -71,7 +71,8 @@ class Manifest:
     def save(self) -> None:
         tmp = self.path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"format": FORMAT, "version": VERSION, "job": self.job, "pieces": self.pieces}, f, indent=1)
+            json.dump({"format": FORMAT, "version": VERSION, "job": self.job, "pieces": self.pieces}, f,
+                      indent=1)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
@@ -90,8 +91,8 @@ def job_difference(old: Dict[str, Any], new: Dict[str, Any]) -> Optional[str]:
                 f"{str(o.get('sha256'))[:12]}...; this input: {new['input']['lines']} lines, sha256 "
                 f"{new['input']['sha256'][:12]}...)")
     if old.get("model_sha256") != new["model_sha256"] or old.get("options") != new["options"]:
-        return (f"they were made by another model (weights sha256 {str(old.get('model_sha256'))[:12]}..., this "
-                f"model {new['model_sha256'][:12]}...)")
+        return (f"they were made by another model (weights sha256 {str(old.get('model_sha256'))[:12]}..., "
+                f"this model {new['model_sha256'][:12]}...)")
     diffs = [f"{k}: {_show(old.get(k))} then, {_show(new[k])} now" for k in sorted(new)
              if k not in ("input", "model_sha256", "options") and old.get(k) != new[k]]
     if diffs:
@@ -141,7 +142,8 @@ class WorkDir:
         for n in sorted(os.listdir(self.path)):
             if n.endswith(".tmp") or (n.startswith("piece-") and n not in listed):
                 os.unlink(os.path.join(self.path, n))
-                notice(f"removed {os.path.join(self.path, n)}, left unfinished by an earlier run that no longer runs")
+                notice(f"removed {os.path.join(self.path, n)}, left unfinished by an earlier run "
+                       "that no longer runs")
 
     def release(self) -> None:
         if self._lock is not None:

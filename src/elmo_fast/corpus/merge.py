@@ -29,7 +29,8 @@ def _open_parts(paths: Sequence[str]) -> List[_File]:
         for p in paths:
             f = _File(p)
             if f.attrs.get("format") != "elmo-fast":
-                raise EmbeddingsError(f"{p} was not written by elmo-fast (no layout attributes): cannot merge it")
+                raise EmbeddingsError(f"{p} was not written by elmo-fast (no layout attributes): "
+                                      "cannot merge it")
             files.append(f)
     except BaseException:
         for f in files:
@@ -46,8 +47,9 @@ def _open_parts(paths: Sequence[str]) -> List[_File]:
     for f in files:
         if f.first != pos:
             what = "missing" if f.first > pos else "overlapping"
-            raise EmbeddingsError(f"cannot merge: {f.path} starts at sentence {f.first} but the parts before it "
-                                  f"end at {pos} ({what} sentences {min(pos, f.first)}-{max(pos, f.first) - 1})")
+            raise EmbeddingsError(f"cannot merge: {f.path} starts at sentence {f.first} "
+                                  f"but the parts before it end at {pos} "
+                                  f"({what} sentences {min(pos, f.first)}-{max(pos, f.first) - 1})")
         pos += f.n
     return files
 

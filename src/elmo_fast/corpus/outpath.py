@@ -7,7 +7,8 @@ from typing import Optional, Union
 from .reader import InputError
 
 
-def check_output_path(output_file_path: Union[str, "os.PathLike[str]"], input_path: Optional[str] = None) -> str:
+def check_output_path(output_file_path: Union[str, "os.PathLike[str]"],
+                      input_path: Optional[str] = None) -> str:
     """The absolute output path, after checking that it names a file (not a folder, no trailing
     slash) in an existing, writable folder, and is not the input file."""
     given = os.fsdecode(output_file_path)

@@ -72,7 +72,8 @@ class EmbedderModel:
         return {"model_sha256": model_identity(self.bilm),
                 "options": {k: (v if isinstance(v, (int, float, str, bool, list, type(None))) else str(v))
                             for k, v in sorted(vars(o).items())},
-                "mode": "stateful" if self.stateful else "stateless", "warm_start": bool(self.bilm.warm_start),
+                "mode": "stateful" if self.stateful else "stateless",
+                "warm_start": bool(self.bilm.warm_start),
                 "compute_dtype": str(self.embedder.dtype).replace("torch.", ""),
                 "device_type": self.device.type}
 
@@ -179,9 +180,10 @@ def prepare(input_file, output_file_path, *, output_format: str = "all", batch_s
         raise
     say = notice or _say
     _atomic.remove_stale_temporaries(out, say)
-    job = Job(source, found, out, label, spec, batching, batch_size, batch_tokens, window, empty_lines, resume,
-              shard, piece_sentences, piece_seconds, progress, say)
-    job.first, job.stop = (0, found.sentences) if shard is None else shard_range(found.sentences, window, shard)
+    job = Job(source, found, out, label, spec, batching, batch_size, batch_tokens, window, empty_lines,
+              resume, shard, piece_sentences, piece_seconds, progress, say)
+    job.first, job.stop = ((0, found.sentences) if shard is None
+                           else shard_range(found.sentences, window, shard))
     return job
 
 
@@ -255,7 +257,8 @@ def _feeder(p: _Pipeline, job: Job, start: int, mode: str, q: queue.Queue, pin: 
 class _Writer:
     """Assembles windows in input order, writes them to pieces, keeps the manifest."""
 
-    def __init__(self, p: _Pipeline, job: Job, work: WorkDir, manifest: Manifest, bar, first_piece_start: int):
+    def __init__(self, p: _Pipeline, job: Job, work: WorkDir, manifest: Manifest, bar,
+                 first_piece_start: int):
         self.p, self.job, self.work, self.manifest, self.bar = p, job, work, manifest, bar
         self.piece = None           # (H5Output, layout writer, tmp path, first sentence, opened at)
         self.pending: Dict[int, Any] = {}
@@ -300,7 +303,8 @@ class _Writer:
             return
         del self.pending[w.start]
         if w.start != self.next_start:
-            raise RuntimeError(f"internal error: window at sentence {w.start} completed before {self.next_start}")
+            raise RuntimeError(f"internal error: window at sentence {w.start} "
+                               f"completed before {self.next_start}")
         self._write(WindowOut(w.start, w.lines, w.text, w.lengths, _as_numpy(buf)))
         self.pool.put(buf)
         self.next_start = w.stop
@@ -441,7 +445,8 @@ def _job_record(job: Job, model, mode: str) -> Dict[str, Any]:
     rec.update(model.identity())
     rec.update({"batching": {"mode": mode, "batch_size": job.batch_size, "batch_tokens": job.batch_tokens,
                              "window": job.window},
-                "empty_lines": job.empty_lines, "output": job.spec.settings(), "range": [job.first, job.stop]})
+                "empty_lines": job.empty_lines, "output": job.spec.settings(),
+                "range": [job.first, job.stop]})
     return rec
 
 
@@ -453,14 +458,14 @@ def _start_manifest(job: Job, work: WorkDir, record: Dict[str, Any], stateful: b
                  f"{record['range'][0] + old.done - 1}) of an earlier run in {work.path}")
         if not job.resume:
             if stateful:
-                raise ResumeError(f"found {where}; a stateful run cannot be resumed (the carried LSTM state is "
-                                  "not kept with the pieces): remove that folder to start again")
-            raise ResumeError(f"found {where}; pass --resume (resume=True) to continue it, or remove that folder "
-                              "to start again")
+                raise ResumeError(f"found {where}; a stateful run cannot be resumed (the carried LSTM "
+                                  "state is not kept with the pieces): remove that folder to start again")
+            raise ResumeError(f"found {where}; pass --resume (resume=True) to continue it, or remove "
+                              "that folder to start again")
         if stateful:
-            raise ResumeError(f"cannot resume: found {where}, but the run is stateful: its numbers depend on the "
-                              "LSTM state carried from every earlier batch, which pieces do not keep; remove "
-                              "that folder to start again, or use --stateless")
+            raise ResumeError(f"cannot resume: found {where}, but the run is stateful: its numbers depend on "
+                              "the LSTM state carried from every earlier batch, which pieces do not keep; "
+                              "remove that folder to start again, or use --stateless")
         why = job_difference(old.job, record)
         if why:
             raise ResumeError(f"cannot resume from {where}: {why}; remove that folder to start again")
@@ -493,11 +498,12 @@ def run(job: Job, model, *, batching: Optional[str] = None) -> Result:
     mode = batching or job.batching or ("input" if model.stateful else "bucket")
     job.spec.num_layers, job.spec.dim = model.num_layers, model.dim
     if model.stateful and job.shard is not None:
-        raise ResumeError("--shard cannot be used in stateful mode: each sentence's numbers depend on the state "
-                          "carried from every sentence before it, so a shard cannot start in the middle; use "
-                          "--stateless (optionally with --warm-start)")
+        raise ResumeError("--shard cannot be used in stateful mode: each sentence's numbers depend on "
+                          "the state carried from every sentence before it, so a shard cannot start in "
+                          "the middle; use --stateless (optionally with --warm-start)")
     record = _job_record(job, model, mode)
-    job.spec.attrs = {k: record[k] for k in ("model_sha256", "options", "mode", "warm_start", "compute_dtype")}
+    job.spec.attrs = {k: record[k]
+                      for k in ("model_sha256", "options", "mode", "warm_start", "compute_dtype")}
     if job.shard is not None:
         job.spec.attrs["shard"] = f"{job.shard[0]}/{job.shard[1]}"
     work = WorkDir(job.output)

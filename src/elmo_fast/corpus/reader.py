@@ -149,7 +149,8 @@ class PathSource(Source):
             with self._open() as f:
                 yield from _read_chunks(f)
         except (OSError, EOFError) as e:  # unreadable, or a truncated / corrupt .gz
-            raise InputError(f"cannot read input file {self.path}: {getattr(e, 'strerror', None) or e}") from None
+            raise InputError(f"cannot read input file {self.path}: "
+                             f"{getattr(e, 'strerror', None) or e}") from None
 
     def lines(self) -> Iterator[str]:
         return (line.strip() for line in _lines(_decode_blocks(self._chunks(), self.name)))
@@ -194,7 +195,8 @@ class StreamSource(Source):
             self._text_stream_utf8_error()
         if isinstance(first, (bytes, bytearray)) or self.spooled:
             def chunks():
-                yield first if isinstance(first, (bytes, bytearray)) else first.encode("utf-8", "surrogatepass")
+                yield (first if isinstance(first, (bytes, bytearray))
+                       else first.encode("utf-8", "surrogatepass"))
                 for c in raw:
                     yield c if isinstance(c, (bytes, bytearray)) else c.encode("utf-8", "surrogatepass")
             yield from _decode_blocks(chunks(), self.name)
