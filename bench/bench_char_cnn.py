@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
-    from elmo_fast.kernels.char_cnn import _config, char_cnn_fwd
+    from elmo_fast.kernels.char_cnn import _block_config, char_cnn_fwd
 
     from elmo_fast.dedup import real_lengths, unique_tokens
     from elmo_fast.reference.char_cnn import char_cnn_ref
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
         return args.max_s is not None and time.perf_counter() - t_start > args.max_s
 
     big = sample_chars(max(sizes), sents, args.seed)
-    block_t = _config(torch.device("cuda"), torch.bfloat16)["BLOCK_T"]
+    block_t = _block_config(torch.device("cuda"), torch.bfloat16)["BLOCK_T"]
     records["trick"] = trick_report(big, block_t)
     t = records["trick"]
     print(f"# padding trick on {t['tokens']} tokens (mean real length {t['mean_real_len']:.2f}, median "

@@ -84,18 +84,21 @@ def test_bad_batch_sizes_are_one_line(bad):
 
 # ----------------------------------------------------------------------------- backend and TF32
 def test_force_backend_steers_records_and_restores(monkeypatch):
+    from elmo_fast import ops
+
     monkeypatch.setenv("ELMO_FAST_BACKEND", "auto")
-    orig = _dispatch.Op.select
     seen = {}
     x = torch.randn(3, 5)
+    args = dict(x=x, layers=[], w_proj=torch.randn(5, 2), b_proj=torch.randn(2))
     with bench._force_backend("torch", seen):
-        assert os.environ["ELMO_FAST_BACKEND"] == "torch"
-        _dispatch.OPS["highway"].select(x=x, layers=[], w_proj=torch.randn(5, 2), b_proj=torch.randn(2))
+        assert ops.current_backend()[0] == "torch"
+        _dispatch.OPS["highway"](**args)
     assert seen == {"highway": "torch"}
-    assert os.environ["ELMO_FAST_BACKEND"] == "auto" and _dispatch.Op.select is orig
+    assert ops.current_backend()[0] == "auto" and os.environ["ELMO_FAST_BACKEND"] == "auto"
     with pytest.raises(ZeroDivisionError), bench._force_backend("triton"):
+        assert ops.current_backend()[0] == "triton"
         1 / 0
-    assert os.environ["ELMO_FAST_BACKEND"] == "auto" and _dispatch.Op.select is orig
+    assert ops.current_backend()[0] == "auto"
 
 
 def test_fp32_exact_turns_tf32_off_and_back():

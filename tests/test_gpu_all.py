@@ -89,7 +89,10 @@ def test_out_of_time_stages_are_skipped_and_recorded(tmp_path):
     assert rc == 0, log
     st = statuses(rec)
     assert st["info"] in ("ok", "cut") and st["bench-lstm"] in ("ok", "cut", "skipped")
-    assert st["bench-char-cnn"] == "skipped" and "no time left" in {s["note"] for s in rec["stages"]}
+    # how far the 20 s reach depends on the machine's speed: the last stage is either cut at the total
+    # limit or, when too little is left to start it, skipped with the reason
+    assert st["bench-char-cnn"] in ("cut", "skipped"), log
+    assert "cut" in st.values() or "no time left" in {s["note"] for s in rec["stages"]}, log
     assert rec["wall_s"] <= 20 + 5, log  # the total limit holds (5 s: the kill-after grace of a cut stage)
 
 
