@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlparse
 
-from ._config import cache_root
+from ._config import cache_root, model_base_url
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -63,7 +63,7 @@ _CHUNK = 1 << 20
 
 def base_url() -> str:
     """The URL the registry files live under (``ELMO_FAST_MODEL_BASE_URL`` or allennlp's S3)."""
-    return (os.environ.get("ELMO_FAST_MODEL_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+    return model_base_url(DEFAULT_BASE_URL)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-ACTIVATIONS = ("relu", "tanh")
+from ._support import ACTIVATIONS as _ACTIVATION_IDS
+
+ACTIVATIONS = tuple(_ACTIVATION_IDS)  # the activations the kernels and the reference implement
 
 
 class WeightsError(ValueError):
