@@ -6,6 +6,7 @@ import json
 
 import h5py
 import numpy as np
+import pytest
 import torch
 
 from elmo_fast.synthetic import make_options, write_model
@@ -18,6 +19,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_per_module():
+    """Imported by a test module, runs all its tests with one torch thread (see one_thread)."""
+    with one_thread():
+        yield
 
 
 def write_tiny_model(directory, seed):

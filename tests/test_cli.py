@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from _tiny_model import one_thread, read_h5, write_tiny_model
+from _tiny_model import read_h5, write_tiny_model, one_thread_per_module  # noqa: F401 (an autouse fixture)
 from elmo_fast import ElmoEmbedder, cli
 from elmo_fast.corpus import EmbedderModel
 from elmo_fast.ops import OPS
@@ -29,12 +29,6 @@ SENTENCES = [
     "one two three",
     "x y",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

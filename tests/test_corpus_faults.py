@@ -8,18 +8,12 @@ import subprocess
 
 import pytest
 
-from _tiny_model import corpus_lines, one_thread, tiny_model_dir
+from _tiny_model import corpus_lines, tiny_model_dir, one_thread_per_module  # noqa: F401 (an autouse fixture)
 from elmo_fast import cli
 from elmo_fast.corpus import diskio
 from elmo_fast.corpus.pipeline import EmbedderModel
 
 LINES = corpus_lines(600, seed=3)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

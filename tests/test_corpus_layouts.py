@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from _tiny_model import one_thread, read_h5, write_tiny_model
+from _tiny_model import read_h5, write_tiny_model, one_thread_per_module  # noqa: F401 (an autouse fixture)
 from elmo_fast import ElmoEmbedder, cli, open_embeddings
 from elmo_fast.corpus import InputError, embed_corpus, layouts, pipeline
 from elmo_fast.corpus.pipeline import EmbedderModel, select_layers
@@ -32,12 +32,6 @@ SENTENCES = [
 ]
 # stored-value tolerance of each dtype-out relative to the largest value (its rounding: half an ulp)
 ROUNDING = {"float32": 0.0, "float16": 2 ** -11, "bfloat16": 2 ** -8}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

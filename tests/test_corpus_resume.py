@@ -14,17 +14,11 @@ import h5py
 import numpy as np
 import pytest
 
-from _tiny_model import corpus_lines, one_thread, tiny_model_dir
+from _tiny_model import corpus_lines, tiny_model_dir, one_thread_per_module  # noqa: F401 (an autouse fixture)
 from elmo_fast import cli
 from elmo_fast.corpus import pipeline
 
 HERE = pathlib.Path(__file__).resolve().parent
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return tiny_model_dir(tmp_path_factory, seed=5)

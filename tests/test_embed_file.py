@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from _tiny_model import one_thread, read_h5, write_tiny_model
+from _tiny_model import read_h5, write_tiny_model, one_thread_per_module  # noqa: F401 (an autouse fixture)
 from elmo_fast import ElmoEmbedder
 from elmo_fast.corpus.layouts import AllennlpWriter
 from elmo_fast.corpus.pipeline import QUEUE, EmbedderModel
@@ -25,12 +25,6 @@ SENTENCES = [
     "Hello world",                      # a repeat: sentence_to_index maps it to its last index
     "x y",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
