@@ -4,6 +4,7 @@
   python bench/bench_pipeline.py stub   [--quick] [--dir D]   host-side ceiling, model stubbed
   python bench/bench_pipeline.py e2e    [--quick]             real CPU job vs allennlp's embed_file
   python bench/bench_pipeline.py memory [--quick]             peak RSS: 5 k vs 100 k sentences, one long line
+  python bench/bench_pipeline.py long-line [--long-line T]     only the long line (slow on a CPU: ~30 min)
   python bench/bench_pipeline.py all    [--quick] [--json F]
 
 stub: the model is replaced by zeros of the right shape (original model: 3 layers x 1024), the corpus
@@ -237,8 +238,6 @@ def _measure(kind: str, src: str, out: str, extra: List[str]) -> Dict:
 
 
 def bench_memory(args) -> List[Dict]:
-    from elmo_fast.synthetic import make_options, write_model
-
     rows = []
     small, large = (2_000, 8_000) if args.quick else (5_000, 100_000)
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
@@ -252,6 +251,15 @@ def bench_memory(args) -> List[Dict]:
         rows.append(dict(bench="memory", job="stub", growth=ratio))
         print(f"memory stub: {large} / {small} sentences peak RSS ratio {ratio:.3f} (target <= 1.10)",
               flush=True)
+    return rows + bench_long_line(args)
+
+
+def bench_long_line(args) -> List[Dict]:
+    """The real model on one line of --long-line tokens: peak RSS of a fresh process."""
+    from elmo_fast.synthetic import make_options, write_model
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
         arch = "small" if args.quick else args.arch
         T = 300 if args.quick else args.long_line
         opts, weights = write_model(os.path.join(d, "model"), make_options(arch), seed=0)
@@ -284,7 +292,7 @@ def environment() -> Dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("stub", "e2e", "memory", "all", "_child"))
+    p.add_argument("what", choices=("stub", "e2e", "memory", "long-line", "all", "_child"))
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     p.add_argument("--dir", default=None, help="where outputs go (default: the system temporary folder)")
     p.add_argument("--sentences", type=int, default=20_000, help="stub: corpus size")
@@ -309,8 +317,9 @@ def main(argv=None) -> int:
         _child(args)
         return 0
     rows: List[Dict] = []
-    for what, fn in (("stub", bench_stub), ("e2e", bench_e2e), ("memory", bench_memory)):
-        if args.what in (what, "all"):
+    for what, fn in (("stub", bench_stub), ("e2e", bench_e2e), ("memory", bench_memory),
+                     ("long-line", bench_long_line)):
+        if args.what in (what, "all") and not (what == "long-line" and args.what == "all"):
             rows += fn(args)
     if args.json:
         with open(args.json, "w") as f:

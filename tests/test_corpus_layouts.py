@@ -104,6 +104,31 @@ def test_flat_is_readable_with_plain_h5py(stateless, alone, tmp_path):
     assert_stored(vals, alone[i][2], "bfloat16")
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.uint16])
+def test_chunk_rows_writes_whole_chunks_that_read_back_in_order(tmp_path, dtype):
+    """Pieces of every size around the chunk size (7 rows): empty, shorter, exact, several chunks,
+    then a tail; the file holds their concatenation, and the padding past the extent is zeros."""
+    rng = np.random.default_rng(5)
+    sizes = [3, 0, 4, 7, 1, 15, 6, 2, 21, 5]
+    parts = [rng.standard_normal((n, 3)).astype(dtype) if dtype != np.uint16
+             else rng.integers(1, 60000, (n, 3)).astype(dtype) for n in sizes]
+    with h5py.File(tmp_path / "c.h5", "w", libver="latest") as f:
+        ds = f.create_dataset("v", (0, 3), maxshape=(None, 3), dtype=dtype, chunks=(7, 3), fillvalue=99)
+        rows = layouts.ChunkRows(ds, 7)
+        for a in parts:
+            rows.add(a)
+        rows.finish()
+        assert rows.rows == sum(sizes)
+    with h5py.File(tmp_path / "c.h5") as f:
+        got = f["v"][...]
+        np.testing.assert_array_equal(got, np.concatenate(parts))
+        last = sum(sizes) // 7 * 7   # the stored last chunk, past the extent included
+        _, raw = f["v"].id.read_direct_chunk((last, 0))
+        chunk = np.frombuffer(raw, dtype).reshape(7, 3)
+        np.testing.assert_array_equal(chunk[:sum(sizes) - last], got[last:])
+        assert not chunk[sum(sizes) - last:].any()
+
+
 def test_bfloat16_rounds_to_nearest_even():
     x = torch.tensor([1.0 + 2 ** -9, 1.0 + 3 * 2 ** -9, -2.5, 3.0e38])
     bits = layouts.to_storage(x, "bfloat16").numpy().view(np.uint16)
@@ -268,3 +293,41 @@ def test_a_stage_raising_mid_job_leaves_nothing(stateless, tmp_path, monkeypatch
     assert sorted(os.listdir(tmp_path)) == ["out.h5"]          # no temporary, no pieces folder
     if stage == "writer":  # the model stopped soon after the writer failed
         assert calls["model"] < len(lines) // 2, calls
+
+
+# ------------------------------------------------------------------------------ window buffers
+def _window(start, lengths):
+    from elmo_fast.corpus.batching import Window
+
+    n = len(lengths)
+    return Window(start, list(range(n)), ["x"] * n, [["x"] * k for k in lengths], np.asarray(lengths))
+
+
+def test_window_buffers_are_bounded_reused_and_grow_when_needed():
+    from elmo_fast.corpus.layouts import OutputSpec
+    from elmo_fast.corpus.pipeline import WindowBuffers, _Pipeline, _Stop
+
+    spec = OutputSpec(layout="flat", output_format="all", num_layers=3, dim=4)
+    bufs = WindowBuffers(_Pipeline(), spec, count=2, rows_hint=10)
+    a, b = bufs.take(_window(0, [3, 4])), bufs.take(_window(2, [10]))
+    assert a.shape == (3, 7, 4) and b.shape == (3, 10, 4)
+    assert a._base.numel() == b._base.numel() == 3 * 10 * 4       # made at the hinted size
+    bufs.give(a)
+    c = bufs.take(_window(3, [2, 2]))
+    assert c._base.data_ptr() == a._base.data_ptr()               # reused, not a third one
+    bufs.give(b)
+    d = bufs.take(_window(5, [20, 1]))                            # larger than any: replaced
+    assert d.shape == (3, 21, 4) and d._base.data_ptr() != b._base.data_ptr()
+    assert bufs.made == 2
+    bufs.p.stop.set()                                             # both out: take waits, until stopped
+    with pytest.raises(_Stop):
+        bufs.take(_window(7, [1]))
+
+
+def test_scan_counts_the_largest_window():
+    from elmo_fast.corpus.reader import open_source, scan
+
+    lines = ["a b", "c", "d e f", "g", "h i j k", "l"]   # windows of 2: 3, 4, 5 tokens
+    assert scan(open_source(lines), window=2).window_tokens == 5
+    assert scan(open_source(lines), window=4).window_tokens == 7
+    assert scan(open_source(lines[:5] + [""]), "skip", window=2).window_tokens == 4

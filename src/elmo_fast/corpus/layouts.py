@@ -176,20 +176,73 @@ def chunk_rows(dim: int, itemsize: int) -> int:
     return max(1, _CHUNK_BYTES // max(1, dim * itemsize))
 
 
+class ChunkRows:
+    """One growing [rows, D] dataset written a whole chunk at a time (H5Dwrite_chunk).
+
+    Rows arrive in order. Whole chunks go to the file straight from the caller's array, with no
+    hyperslab selection, chunk cache or conversion on the way; the last partial chunk waits in
+    `tail` for the next rows, so no chunk is ever read back or written twice. `finish` writes the
+    tail zero-padded (the dataset's extent hides the padding; zeros keep the bytes deterministic)."""
+
+    def __init__(self, ds, chunk: int):
+        self.ds, self.chunk = ds, chunk
+        self.tail = np.zeros((chunk,) + ds.shape[1:], ds.dtype)
+        self.held = 0      # rows in tail
+        self.written = 0   # rows in whole chunks already in the file
+        self.rows = 0      # rows added
+
+    def add(self, a: np.ndarray) -> None:
+        """a: [n, D] in the dataset's dtype (its bytes go to the file as they are)."""
+        if a.dtype != self.tail.dtype or a.shape[1:] != self.tail.shape[1:]:
+            raise TypeError(f"rows of {a.dtype} {a.shape[1:]} for a dataset of "
+                            f"{self.tail.dtype} {self.tail.shape[1:]}")
+        n = len(a)
+        if n == 0:
+            return
+        self.rows += n
+        self.ds.resize(self.rows, 0)   # a chunk can only be written inside the extent
+        i = 0
+        if self.held:
+            i = min(self.chunk - self.held, n)
+            self.tail[self.held:self.held + i] = a[:i]
+            self.held += i
+            if self.held < self.chunk:
+                return
+            self._put(self.tail)
+            self.held = 0
+        while n - i >= self.chunk:
+            self._put(np.ascontiguousarray(a[i:i + self.chunk]))
+            i += self.chunk
+        if i < n:
+            self.tail[:n - i] = a[i:]
+            self.held = n - i
+
+    def _put(self, block: np.ndarray) -> None:
+        self.ds.id.write_direct_chunk((self.written,) + (0,) * (block.ndim - 1), block)
+        self.written += self.chunk
+
+    def finish(self) -> None:
+        if self.held:
+            self.tail[self.held:] = 0
+            self._put(self.tail)
+            self.held = 0
+
+
 class FlatWriter:
     """Per stored layer one growing [rows, D] dataset, plus offsets, lines and sentences."""
 
     def __init__(self, h5, spec: OutputSpec, first: int):
         import h5py
 
-        self.f, self.spec, self.first, self.n, self.rows = h5, spec, first, 0, 0
+        self.f, self.spec, self.first, self.n = h5, spec, first, 0
         st = np.dtype(spec.storage_dtype)
+        rows = chunk_rows(spec.dim, st.itemsize)
         self.vectors = []
         for name in spec.stored:
             ds = h5.create_dataset(name, (0, spec.dim), maxshape=(None, spec.dim), dtype=st,
-                                   chunks=(chunk_rows(spec.dim, st.itemsize), spec.dim))
+                                   chunks=(rows, spec.dim))
             ds.attrs["dtype"] = spec.dtype_out
-            self.vectors.append(ds)
+            self.vectors.append(ChunkRows(ds, rows))
         self.offsets = h5.create_dataset("offsets", (1,), maxshape=(None,), dtype=np.int64, chunks=(1 << 16,),
                                          data=np.zeros(1, np.int64))
         self.lines = h5.create_dataset("lines", (0,), maxshape=(None,), dtype=np.int64, chunks=(1 << 16,))
@@ -199,11 +252,8 @@ class FlatWriter:
 
     def add(self, w: WindowOut) -> None:
         n = len(w.lengths)
-        rows = w.data.shape[1]
-        for k, ds in enumerate(self.vectors):
-            ds.resize(self.rows + rows, 0)
-            ds[self.rows:] = w.data[k]
-        self.rows += rows
+        for k, rows in enumerate(self.vectors):
+            rows.add(w.data[k])
         ends = self.tokens + np.cumsum(w.lengths, dtype=np.int64)
         self.tokens = int(ends[-1]) if n else self.tokens
         self.offsets.resize(self.n + 1 + n, 0)
@@ -216,6 +266,8 @@ class FlatWriter:
         self.n += n
 
     def finish(self) -> None:
+        for rows in self.vectors:
+            rows.finish()
         self.f.attrs.update(self.spec.root_attrs(self.first, self.n))
         self.f.attrs["total_tokens"] = self.tokens
 

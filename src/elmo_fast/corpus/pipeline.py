@@ -173,7 +173,7 @@ def prepare(input_file, output_file_path, *, output_format: str = "all", batch_s
     label = os.fsdecode(output_file_path)
     source = open_source(input_file)
     try:
-        found = scan(source, empty_lines, sentence_keys=use_sentence_keys)
+        found = scan(source, empty_lines, sentence_keys=use_sentence_keys, window=window)
         out = check_output_path(output_file_path, in_path)
     except BaseException:
         source.close()
@@ -258,11 +258,11 @@ class _Writer:
     """Assembles windows in input order, writes them to pieces, keeps the manifest."""
 
     def __init__(self, p: _Pipeline, job: Job, work: WorkDir, manifest: Manifest, bar,
-                 first_piece_start: int):
+                 first_piece_start: int, buffers: "WindowBuffers"):
         self.p, self.job, self.work, self.manifest, self.bar = p, job, work, manifest, bar
         self.piece = None           # (H5Output, layout writer, tmp path, first sentence, opened at)
         self.pending: Dict[int, Any] = {}
-        self.pool: queue.SimpleQueue = queue.SimpleQueue()   # window buffers written, to reuse
+        self.buffers = buffers
         self.next_start = first_piece_start
         self.sentences = 0
         self.tokens = 0
@@ -306,7 +306,7 @@ class _Writer:
             raise RuntimeError(f"internal error: window at sentence {w.start} "
                                f"completed before {self.next_start}")
         self._write(WindowOut(w.start, w.lines, w.text, w.lengths, _as_numpy(buf)))
-        self.pool.put(buf)
+        self.buffers.give(buf)
         self.next_start = w.stop
         n_tok = int(w.lengths.sum())
         self.sentences += len(w)
@@ -372,27 +372,44 @@ def _as_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-def _window_buffer(pool: queue.SimpleQueue, spec: OutputSpec, w: Window) -> torch.Tensor:
-    """[L_s, rows, D] in the stored dtype for window w: a written window's buffer when one is big
-    enough (no fresh pages to fault in), else a new one."""
-    rows = len(w) if spec.pooled else int(w.offsets[-1])
-    dtype = _STORAGE_TORCH[spec.dtype_out]
-    need = len(spec.stored) * rows * spec.dim
-    try:
-        flat = pool.get_nowait()
-        if flat.numel() < need:
-            flat = None
-    except queue.Empty:
-        flat = None
-    if flat is None:  # with room to spare, so that later windows fit and memory does not fragment
-        flat = torch.empty(need + need // 4, dtype=dtype)
-    buf = flat.view(-1)[:need].view(len(spec.stored), rows, spec.dim)
-    if spec.pooled and not w.lengths.all():  # sentences without tokens: zero vectors
-        buf[:, torch.from_numpy(np.flatnonzero(w.lengths == 0))] = 0
-    return buf
+class WindowBuffers:
+    """At most `count` window buffers ([L_s, rows, D] in the stored dtype), reused: the job's output
+    memory is count x the largest window, whatever the corpus size. The model stage takes one per
+    window, waiting while all are with the writer; the writer gives each back once written. Two
+    suffice to keep both stages busy (one filled while one is written); a third absorbs jitter.
+
+    `rows_hint`: the most rows a window will need (the first pass counts them), so buffers are made
+    once at full size; a window that needs more replaces a buffer with a larger one."""
+
+    def __init__(self, p: _Pipeline, spec: OutputSpec, count: int = 3, rows_hint: int = 0):
+        self.p, self.spec, self.count, self.rows_hint = p, spec, count, rows_hint
+        self.free: queue.Queue = queue.Queue()
+        self.made = 0
+
+    def take(self, w: Window) -> torch.Tensor:
+        spec = self.spec
+        rows = len(w) if spec.pooled else int(w.offsets[-1])
+        per_row = len(spec.stored) * spec.dim
+        need = per_row * rows
+        if self.made < self.count and self.free.empty():
+            flat, self.made = None, self.made + 1
+        else:
+            flat = self.p.get(self.free)
+            if flat.numel() < need:
+                flat = None  # dropped: a larger one takes its place
+        if flat is None:
+            flat = torch.empty(max(need, per_row * self.rows_hint), dtype=_STORAGE_TORCH[spec.dtype_out])
+        buf = flat[:need].view(len(spec.stored), rows, spec.dim)
+        if spec.pooled and not w.lengths.all():  # sentences without tokens: zero vectors
+            buf[:, torch.from_numpy(np.flatnonzero(w.lengths == 0))] = 0
+        return buf
+
+    def give(self, buf: torch.Tensor) -> None:
+        self.free.put(buf._base if buf._base is not None else buf)
 
 
-def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.Queue, pool) -> None:
+def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.Queue,
+                 buffers: WindowBuffers) -> None:
     spec = job.spec
     dev = model.device
     cuda = dev.type == "cuda"
@@ -404,7 +421,7 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
             return
         w, j, ids, rows = item
         if w is not current:
-            current, buf = w, _window_buffer(pool, spec, w)
+            current, buf = w, buffers.take(w)
         if j is None:
             p.put(q_out, (w, None, None, None, buf))
             continue
@@ -416,12 +433,11 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
         elif cuda:  # one gather of the real tokens on the device: [L_s, tokens, D]
             rows = rows.to(dev, non_blocking=True)
             out = sel.transpose(0, 1)[:, rows[0], rows[1]]
-        else:  # CPU: one dtype conversion per batch, then each sentence straight into the window buffer
-            # (numpy copies: torch's per-op thread pool would fight the other stages for the cores)
-            src, dst = _as_numpy(to_storage(sel, spec.dtype_out)), _as_numpy(buf)
+        else:  # CPU: each sentence straight into the window buffer, converted on the way: one pass over
+            # the vectors, no batch-sized temporary (whose fresh pages the kernel would fault in each time)
             for r, pos in enumerate(w.batches[j]):
                 a, n = int(w.offsets[pos]), int(w.lengths[pos])
-                dst[:, a:a + n] = src[r, :, :n]
+                buf[:, a:a + n].copy_(sel[r, :, :n])
             p.put(q_out, (w, j, None, None, buf))
             continue
         out = to_storage(out, spec.dtype_out)
@@ -522,14 +538,17 @@ def run(job: Job, model, *, batching: Optional[str] = None) -> Result:
         p = _Pipeline()
         q_ids: queue.Queue = queue.Queue(QUEUE)
         q_out: queue.Queue = queue.Queue(QUEUE)
-        writer = _Writer(p, job, work, manifest, bar, start)
+        # bucket mode: windows of job.window sentences, the largest counted by the first pass;
+        # input mode: a window is one batch (the token budget bounds it), buffers grow to the largest
+        hint = (job.window if job.spec.pooled else job.scan.window_tokens) if mode == "bucket" else 0
+        writer = _Writer(p, job, work, manifest, bar, start, WindowBuffers(p, job.spec, rows_hint=hint))
         threads = [threading.Thread(target=_feeder, name="elmo-feeder", daemon=True,
                                     args=(p, job, start, mode, q_ids, model.device.type == "cuda")),
                    threading.Thread(target=writer.run, name="elmo-writer", daemon=True, args=(q_out,))]
         for t in threads:
             t.start()
         try:
-            _model_stage(p, job, model, q_ids, q_out, writer.pool)
+            _model_stage(p, job, model, q_ids, q_out, writer.buffers)
             threads[1].join()
         except BaseException as e:  # noqa: BLE001 - the model's error, or an interrupt
             p.fail(e)

@@ -287,17 +287,20 @@ class Scan:
     empty: int = 0
     first_empty: List[int] = field(default_factory=list)
     sha256: str = ""
+    window_tokens: int = 0  # the most tokens in one window of `window` sentences (scan's argument)
 
 
-def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False) -> Scan:
-    """The first pass: UTF-8, empty lines, empty file, (sentence_keys) distinct hdf5 keys; counts and
-    an input hash. Raises InputError naming the file and lines; reads, never writes."""
+def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False,
+         window: Optional[int] = None) -> Scan:
+    """The first pass: UTF-8, empty lines, empty file, (sentence_keys) distinct hdf5 keys; counts, an
+    input hash and (window) the most tokens in one window of sentences k*window .. (k+1)*window - 1.
+    Raises InputError naming the file and lines; reads, never writes."""
     if empty_lines not in EMPTY_LINES:
         raise ValueError(f"empty_lines must be one of {', '.join(EMPTY_LINES)}, got {empty_lines!r}")
     s = Scan(source.name)
     h = hashlib.sha256()
     keys: Optional[Dict[str, int]] = {} if sentence_keys else None
-    i = -1
+    i, in_window = -1, 0
     for i, line in enumerate(source.lines()):
         h.update(line.encode("utf-8", "surrogatepass") + b"\n")
         if not line:
@@ -308,8 +311,14 @@ def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False
                 continue
         if keys is not None and (line or empty_lines == "keep"):
             _check_key(keys, line, s.sentences)
+        n = len(line.split())
+        if window is not None:
+            if s.sentences % window == 0:
+                in_window = 0
+            in_window += n
+            s.window_tokens = max(s.window_tokens, in_window)
         s.sentences += 1
-        s.tokens += len(line.split())
+        s.tokens += n
     s.lines = i + 1
     s.sha256 = h.hexdigest()
     if s.lines == 0:
