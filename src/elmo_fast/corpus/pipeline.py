@@ -11,9 +11,10 @@ in-progress piece is deleted, completed pieces stay for `resume=True`, and the e
 the calling thread as it was raised. The output appears only when complete (see manifest.py).
 
 Memory is bounded by the queues, never the corpus: the feeder holds one window of sentences
-(tokens only) plus QUEUE batches of character ids, the writer one window of outputs in the stored
-dtype (window x mean tokens x stored layers x D x itemsize), the model one batch, whose output
-tensors the token budget bounds: batch_tokens x (n_layers + 1) x D x 4 bytes for the activations.
+(tokens only) plus QUEUE batches of character ids; the model stage and the writer share at most
+three window buffers of outputs in the stored dtype (`WindowBuffers`: each the largest window's
+tokens x stored layers x D x itemsize); the model holds one batch, whose output tensors the token
+budget bounds: batch_tokens x (n_layers + 1) x D x 4 bytes for the activations.
 """
 from __future__ import annotations
 
@@ -348,6 +349,7 @@ class _Writer:
         self.piece = None
 
 
+_SERIAL_ELEMENTS = 32768  # at::internal::GRAIN_SIZE: torch runs element-wise ops this small in one thread
 _STORAGE_TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -434,10 +436,15 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
             rows = rows.to(dev, non_blocking=True)
             out = sel.transpose(0, 1)[:, rows[0], rows[1]]
         else:  # CPU: each sentence straight into the window buffer, converted on the way: one pass over
-            # the vectors, no batch-sized temporary (whose fresh pages the kernel would fault in each time)
+            # the vectors, no batch-sized temporary (whose fresh pages the kernel would fault in each time).
+            # Each copy stays below torch's parallel grain, so it runs in this thread: a larger one wakes
+            # the OpenMP pool, whose spinning threads take the core the writer needs.
+            step = max(1, _SERIAL_ELEMENTS // (sel.shape[1] * sel.shape[3]))
             for r, pos in enumerate(w.batches[j]):
                 a, n = int(w.offsets[pos]), int(w.lengths[pos])
-                buf[:, a:a + n].copy_(sel[r, :, :n])
+                for k in range(0, n, step):
+                    m = min(step, n - k)
+                    buf[:, a + k:a + k + m].copy_(sel[r, :, k:k + m])
             p.put(q_out, (w, j, None, None, buf))
             continue
         out = to_storage(out, spec.dtype_out)
