@@ -243,11 +243,11 @@ def _feeder(p: _Pipeline, job: Job, start: int, mode: str, q: queue.Queue, pin: 
             for j, b in enumerate(w.batches):
                 lens = w.lengths[b]
                 ids = batch_to_ids([w.tokens[i] for i in b])
-                # (row, position) of every real token, in batch order: computed here, so the device never
-                # waits for a mask to come back before the output can be gathered
-                rows = torch.from_numpy(np.stack([np.repeat(np.arange(len(b)), lens),
-                                                  np.concatenate([np.arange(n) for n in lens.tolist()])]))
-                if pin:
+                rows = None
+                if pin:  # CUDA: (row, position) of every real token, in batch order, computed here so the
+                    # device never waits for a mask to come back before the output can be gathered
+                    rows = torch.from_numpy(np.stack([np.repeat(np.arange(len(b)), lens),
+                                                      np.concatenate([np.arange(n) for n in lens.tolist()])]))
                     ids, rows = ids.pin_memory(), rows.pin_memory()
                 p.put(q, (w, j, ids, rows))
         p.put(q, _END)
