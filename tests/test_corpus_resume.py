@@ -107,6 +107,28 @@ def test_resume_after_an_exception_after_piece_k(capsys, corpus, model, tmp_path
     assert os.listdir(tmp_path) == ["out.h5"]
 
 
+def test_the_unhashed_last_piece_is_redone_on_resume(capsys, corpus, model, tmp_path, reference, monkeypatch):
+    """The last piece is not read back to hash it; a run that dies while assembling the output
+    resumes by redoing that piece, and ends with the same bytes."""
+    out = tmp_path / "out.h5"
+
+    def assemble(*a):
+        raise _Boom("while assembling")
+
+    monkeypatch.setattr(pipeline, "_assemble", assemble)
+    with pytest.raises(_Boom):
+        embed(capsys, corpus, out, model, *JOB, "--layout", "flat")
+    monkeypatch.undo()
+    pieces = json.loads((parts_dir(out) / "manifest.json").read_text())["pieces"]
+    assert [p["n"] for p in pieces] == [8, 8, 8, 6]
+    assert all(len(p["sha256"]) == 64 for p in pieces[:-1]) and pieces[-1]["sha256"] is None
+    rc, err = embed(capsys, corpus, out, model, *JOB, "--layout", "flat", "--resume")
+    assert rc == 0, err
+    assert "piece-00003.h5 was not checksummed" in err and "redoing from sentence 24" in err
+    assert contents(out) == reference["flat"]
+    assert os.listdir(tmp_path) == ["out.h5"]
+
+
 def test_manifest_mismatches_are_refused(capsys, corpus, model, other_model, tmp_path, monkeypatch):
     out = tmp_path / "out.h5"
     _fail_after_pieces(monkeypatch, 1)

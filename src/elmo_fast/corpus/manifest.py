@@ -13,7 +13,9 @@ rename is atomic). It holds:
                                 range: [first, stop]},
                         "pieces": [{file, first, n, sha256, bytes}, ...]}
 A piece is written under a temporary name, closed, checksummed, renamed, and only then listed in
-the manifest (itself replaced atomically); a file that is not listed is never trusted.
+the manifest (itself replaced atomically); a file that is not listed is never trusted. The last
+piece of a run is listed with sha256 null (it is assembled at once, and hashing it would mean reading
+it all back); a resumed run redoes such a piece.
 """
 from __future__ import annotations
 

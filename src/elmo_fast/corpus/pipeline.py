@@ -276,7 +276,7 @@ class _Writer:
                 if item is _END:
                     break
                 self._take(*item)
-            self._close_piece()
+            self._close_piece(last=True)
         except BaseException as e:  # noqa: BLE001
             self.p.fail(e)
             self.abort()
@@ -329,7 +329,10 @@ class _Writer:
         if writer.n >= self.job.piece_sentences or time.monotonic() - opened >= self.job.piece_seconds:
             self._close_piece()
 
-    def _close_piece(self) -> None:
+    def _close_piece(self, last: bool = False) -> None:
+        """Closes the piece in progress and records it in the manifest. The last piece of a run gets
+        no checksum: it is assembled at once, and reading it back to hash it would cost about as much
+        as writing it; should the run die before the output is complete, --resume redoes that piece."""
         if self.piece is None:
             return
         out, writer, tmp, first, _ = self.piece
@@ -339,7 +342,7 @@ class _Writer:
             out.close()
             k = len(self.manifest.pieces)
             final = self.work.piece_path(k)
-            digest = file_sha256(tmp)
+            digest = None if last else file_sha256(tmp)
             os.replace(tmp, final)
             self.manifest.pieces.append({"file": os.path.basename(final), "first": first, "n": writer.n,
                                          "sha256": digest, "bytes": os.path.getsize(final)})
@@ -494,10 +497,11 @@ def _start_manifest(job: Job, work: WorkDir, record: Dict[str, Any], stateful: b
             raise ResumeError(f"cannot resume from {where}: {why}; remove that folder to start again")
         for piece in old.pieces:
             path = os.path.join(work.path, piece["file"])
-            if not os.path.exists(path) or file_sha256(path) != piece["sha256"]:
+            if piece["sha256"] is None or not os.path.exists(path) or file_sha256(path) != piece["sha256"]:
                 k = old.pieces.index(piece)
-                job.notice(f"piece {piece['file']} is missing or damaged (checksum); redoing from sentence "
-                           f"{piece['first']}")
+                why = ("was not checksummed (the run stopped while assembling the output)"
+                       if piece["sha256"] is None else "is missing or damaged (checksum)")
+                job.notice(f"piece {piece['file']} {why}; redoing from sentence {piece['first']}")
                 for later in old.pieces[k:]:
                     try:
                         os.unlink(os.path.join(work.path, later["file"]))
