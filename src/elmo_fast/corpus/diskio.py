@@ -11,7 +11,10 @@ import errno
 import os
 from typing import IO, Optional
 
-_BUFFER = 1 << 20  # coalesces HDF5's many small metadata writes
+# Small: it coalesces HDF5's small metadata writes, while vector data (larger) goes straight to the
+# kernel; a large buffer would first copy every dataset smaller than itself (the allennlp layout's
+# one dataset per sentence: about twice as slow with 1 MB as with 4 KB, bench/NOTES.md).
+_BUFFER = 4096
 
 
 class OutputWriteError(OSError):
