@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .._support import chunk_len
 from ._cpu_gemm import linear_fn
-from .lstm import lstm_layer_ref
+from .lstm import lstm_layer_inputs_ref, lstm_layer_ref
 
 # one direction's recurrence problem: (xproj, w_hh, w_p, lengths, h0, c0, reverse)
 Problem = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, bool]
@@ -77,9 +77,15 @@ def bilstm_layer_ref(
     h0, c0:     [B, 2P], [B, 2C] the state, forward half first
     residual:   add each direction's input to its output (ELMo's skip connection, layers > 0)
     time_chunk: steps whose input projections exist at once (None: from the workspace budget)
-    recurrence: runs one chunk of both directions (default: `lstm_layer_ref` per direction)
+    recurrence: runs one chunk of both directions from its input projections (default: the reference,
+                `lstm_layer_ref` per direction; without grad `lstm_layer_inputs_ref`, which
+                projects the inputs itself)
     returns     ((out_fwd, out_bwd) [B, T, P] each, zeros at padding), h_T [B, 2P], c_T [B, 2C]
     """
+    # the reference recurrence without grad reads the layer input itself (`lstm_layer_inputs_ref`:
+    # the projections go straight into its packed order); other recurrences take [B, t, 4C] projections
+    fused = recurrence is None and not (torch.is_grad_enabled() and any(
+        t.requires_grad for t in [*x, h0, c0, *(w for ws in weights for w in ws)]))
     run = recurrence or each_direction(lstm_layer_ref)
     B, T, _ = x[0].shape
     P, C = h0.shape[1] // 2, c0.shape[1] // 2
@@ -94,13 +100,18 @@ def bilstm_layer_ref(
     outs: List[Optional[Tensor]] = [None, None]
     for k in range(max(1, -(-T // tc))):
         spans = ((k * tc, min(T, (k + 1) * tc)), (max(0, T - (k + 1) * tc), T - k * tc))
-        problems = []
+        problems, results = [], []
         for d, (a, b) in enumerate(spans):
             w_ih, bias, w_hh, w_p = weights[d]
             local = (lengths - a).clamp(0, b - a)
+            if fused:
+                results.append(lstm_layer_inputs_ref(x[d][:, a:b], w_ih, bias, w_hh, w_p, local, h[d], c[d],
+                                                     cell_clip, proj_clip, d == 1))
+                continue
             xproj = project(x[d][:, a:b], real[:, a:b], w_ih, bias)
             problems.append((xproj, w_hh, w_p, local, h[d], c[d], d == 1))
-        results = run(problems, cell_clip, proj_clip)
+        if not fused:
+            results = run(problems, cell_clip, proj_clip)
         for d, ((a, b), (out, h[d], c[d])) in enumerate(zip(spans, results)):
             if a == 0 and b == T:
                 outs[d] = out

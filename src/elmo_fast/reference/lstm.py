@@ -15,6 +15,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from .._support import op_label
 from ._cpu_gemm import linear_fn
 
 
@@ -89,26 +90,73 @@ def _lstm_autograd(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reve
     return out, h.to(h0.dtype), c.to(c0.dtype)
 
 
-def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
-    """No-grad recurrence over length-sorted, time-major packed rows, in preallocated buffers."""
-    B, T, G = xproj.shape
-    C = G // 4
-    P = w_p.shape[0]
-    dev, dt = xproj.device, xproj.dtype
-    out = torch.zeros(B * T, P, dtype=dt, device=dev)
-    lens = lengths.detach().to("cpu", torch.long).clamp(0, T)
-    if B == 0 or T == 0 or int(lens.max()) == 0:
-        return out.view(B, T, P), h0, c0
-
-    # sort rows by length (longest first): at step t the running rows are a prefix
+def _packing(lens: torch.Tensor, T: int, reverse: bool, dev: torch.device):
+    """Rows sorted by length (longest first, so the rows running at step t are a prefix) and packed
+    time-major. lens [B] (CPU, clamped to [0, T]) -> (sorted_lens [B], order [B], counts per step,
+    flat [N] the [B*T] row of each packed step, N = lens.sum()); reverse is a different `flat`."""
+    B = lens.numel()
     sorted_lens, order = torch.sort(lens, descending=True, stable=True)
     running = sorted_lens.view(1, B) > torch.arange(T).view(T, 1)          # [T, B]
     counts = running.sum(1).tolist()
     t_idx, j_idx = running.nonzero(as_tuple=True)                           # t-major, j ascending
     pos = (sorted_lens[j_idx] - 1 - t_idx) if reverse else t_idx           # position within the row
     flat = (order[j_idx] * T + pos).to(dev)                                # packed -> [B*T] row
-    packed_x = xproj.reshape(B * T, G).index_select(0, flat)                # [N, 4C], N real steps (a copy)
-    N = packed_x.shape[0]
+    return sorted_lens, order, counts, flat
+
+
+def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
+    """No-grad recurrence over length-sorted, time-major packed rows, in preallocated buffers."""
+    B, T, G = xproj.shape
+    P = w_p.shape[0]
+    out = torch.zeros(B * T, P, dtype=xproj.dtype, device=xproj.device)
+    lens = lengths.detach().to("cpu", torch.long).clamp(0, T)
+    if B == 0 or T == 0 or int(lens.max()) == 0:
+        return out.view(B, T, P), h0, c0
+    packing = _packing(lens, T, reverse, xproj.device)
+    packed_x = xproj.reshape(B * T, G).index_select(0, packing[3])          # [N, 4C], N real steps (a copy)
+    return _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, out, T)
+
+
+def lstm_layer_inputs_ref(
+    x: torch.Tensor,
+    w_ih: torch.Tensor,
+    bias: torch.Tensor,
+    w_hh: torch.Tensor,
+    w_p: torch.Tensor,
+    lengths: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor,
+    cell_clip: Optional[float] = None,
+    proj_clip: Optional[float] = None,
+    reverse: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`lstm_layer_ref` of the input projections x @ w_ih^T + bias, from the layer input x [B, T, D]
+    (w_ih [4C, D], bias [4C]), without grad: the input rows are gathered in the recurrence's packed
+    order (D wide) and the one GEMM writes the packed gates directly, so the [B, T, 4C] projections
+    are never materialised, scattered, zero-filled and gathered again (four passes over 64 KB per
+    token in the original model: ~11% of a CPU forward, bench/NOTES.md #12). Same values as
+    `lstm_layer_ref(project(x, ...), ...)` up to GEMM rounding order. Returns (out, h_T, c_T) as it."""
+    B, T, D = x.shape
+    P = w_p.shape[0]
+    out = torch.zeros(B * T, P, dtype=x.dtype, device=x.device)
+    lens = lengths.detach().to("cpu", torch.long).clamp(0, T)
+    if B == 0 or T == 0 or int(lens.max()) == 0:
+        return out.view(B, T, P), h0, c0
+    packing = _packing(lens, T, reverse, x.device)
+    rows = x.reshape(B * T, D).index_select(0, packing[3])                  # [N, D]
+    with op_label("input_projection"):
+        packed_x = linear_fn(w_ih, bias)(rows)                              # [N, 4C], the gates' input part
+    with op_label("lstm_layer"):
+        return _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, out, T)
+
+
+def _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, out, T):
+    """The recurrence over packed rows: packed_x [N, 4C] (overwritten: the gates are computed in place),
+    out [B*T, P] zeros -> (out [B, T, P], h_T, c_T)."""
+    sorted_lens, order, counts, flat = packing
+    N, G = packed_x.shape
+    C, P, B = G // 4, w_p.shape[0], order.numel()
+    dev, dt = packed_x.device, packed_x.dtype
     packed_h = torch.empty(N, P, dtype=dt, device=dev)
 
     order_d = order.to(dev)
