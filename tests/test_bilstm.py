@@ -232,3 +232,55 @@ def test_op_takes_the_inputs_path_only_for_the_reference_without_grad(monkeypatc
     assert calls == {"project": 2, "lstm_layer_inputs_ref": 2}
     for g, w in zip(fast[0], slow[0]):
         assert_close(g, w.detach())
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_concurrent_directions_equal_in_turn(monkeypatch, mode):
+    """At 2 torch threads the two directions run concurrently (one thread each): same values as in
+    turn, torch's thread count restored, and the worker ran in the caller's grad / inference mode."""
+    x, weights, lens, h0, c0 = make_layer(5, 13, 9, 20, 7, [13, 5, 13, 2, 9])
+    ctx = torch.no_grad if mode == "no_grad" else torch.inference_mode
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+    real = bilstm_module.lstm_layer_inputs_ref
+
+    def spy(*a):
+        seen.append((a[-1], torch.get_num_threads(), torch.is_grad_enabled(),
+                     torch.is_inference_mode_enabled()))
+        return real(*a)
+
+    monkeypatch.setattr(bilstm_module, "lstm_layer_inputs_ref", spy)
+    try:
+        with ctx():
+            both = bilstm_layer_ref(x, weights, lens, h0, c0, 3.0, 3.0)
+            assert torch.get_num_threads() == 2
+            monkeypatch.setattr(bilstm_module, "CONCURRENT_DIRECTIONS", False)
+            turn = bilstm_layer_ref(x, weights, lens, h0, c0, 3.0, 3.0)
+    finally:
+        torch.set_num_threads(n)
+    inference = mode == "inference_mode"
+    assert sorted(seen[:2]) == [(False, 1, False, inference), (True, 1, False, inference)]
+    assert seen[2:] == [(False, 2, False, inference), (True, 2, False, inference)]
+    for g, w in zip((*both[0], both[1], both[2]), (*turn[0], turn[1], turn[2])):
+        assert_close(g, w)
+
+
+def test_concurrent_direction_error_reaches_the_caller(monkeypatch):
+    x, weights, lens, h0, c0 = make_layer(2, 5, 4, 8, 4, [5, 3])
+    real = bilstm_module.lstm_layer_inputs_ref
+
+    def failing(*a):
+        if a[-1]:
+            raise RuntimeError("backward direction failed")
+        return real(*a)
+
+    monkeypatch.setattr(bilstm_module, "lstm_layer_inputs_ref", failing)
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad(), pytest.raises(RuntimeError, match="backward direction failed"):
+            bilstm_layer_ref(x, weights, lens, h0, c0, 3.0, 3.0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)

@@ -14,6 +14,7 @@ projections and the recurrence's packed copy of them), at most the workspace bud
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -35,6 +36,46 @@ def each_direction(lstm_layer: Callable) -> Recurrence:
         return [lstm_layer(xp, w_hh, w_p, lens, h0, c0, cell_clip, proj_clip, reverse)
                 for xp, w_hh, w_p, lens, h0, c0, reverse in problems]
     return run
+
+
+# run the two directions of a layer concurrently, one CPU thread each (see both_directions)
+CONCURRENT_DIRECTIONS = True
+
+
+def both_directions(calls: Sequence[tuple]) -> List[Tuple[Tensor, Tensor, Tensor]]:
+    """`lstm_layer_inputs_ref(*call)` for the forward and the backward call. On the CPU with two or
+    more torch threads (and CONCURRENT_DIRECTIONS), the backward direction runs on a second Python
+    thread and each direction on one intra-op thread: the directions are independent, so the
+    cores then meet only at the end of the layer instead of in ~13 OpenMP regions per step, and a
+    core that another process keeps busy slows one direction instead of stalling every region of
+    both (bench/NOTES.md #12). torch's thread count is restored afterwards; grad and inference mode
+    are carried into the worker (they are per thread). Same values as running them in turn."""
+    n = torch.get_num_threads()
+    if not CONCURRENT_DIRECTIONS or n < 2 or len(calls) != 2 or calls[0][0].device.type != "cpu":
+        return [lstm_layer_inputs_ref(*call) for call in calls]
+    modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+    box: dict = {}
+
+    def backward() -> None:
+        torch.set_num_threads(1)
+        try:
+            # inference_mode(False) turns grad on: the grad mode is set inside it
+            with torch.inference_mode(modes[1]), torch.set_grad_enabled(modes[0]):
+                box["out"] = lstm_layer_inputs_ref(*calls[1])
+        except BaseException as exc:  # re-raised in the calling thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=backward, name="elmo_fast-backward-direction", daemon=True)
+    torch.set_num_threads(1)
+    try:
+        worker.start()
+        forward = lstm_layer_inputs_ref(*calls[0])
+    finally:
+        worker.join()
+        torch.set_num_threads(n)
+    if "error" in box:
+        raise box["error"]
+    return [forward, box["out"]]
 
 
 def default_time_chunk(B: int, G: int, itemsize: int) -> int:
@@ -100,18 +141,17 @@ def bilstm_layer_ref(
     outs: List[Optional[Tensor]] = [None, None]
     for k in range(max(1, -(-T // tc))):
         spans = ((k * tc, min(T, (k + 1) * tc)), (max(0, T - (k + 1) * tc), T - k * tc))
-        problems, results = [], []
+        problems, calls = [], []
         for d, (a, b) in enumerate(spans):
             w_ih, bias, w_hh, w_p = weights[d]
             local = (lengths - a).clamp(0, b - a)
             if fused:
-                results.append(lstm_layer_inputs_ref(x[d][:, a:b], w_ih, bias, w_hh, w_p, local, h[d], c[d],
-                                                     cell_clip, proj_clip, d == 1))
+                calls.append((x[d][:, a:b], w_ih, bias, w_hh, w_p, local, h[d], c[d], cell_clip, proj_clip,
+                              d == 1))
                 continue
             xproj = project(x[d][:, a:b], real[:, a:b], w_ih, bias)
             problems.append((xproj, w_hh, w_p, local, h[d], c[d], d == 1))
-        if not fused:
-            results = run(problems, cell_clip, proj_clip)
+        results = both_directions(calls) if fused else run(problems, cell_clip, proj_clip)
         for d, ((a, b), (out, h[d], c[d])) in enumerate(zip(spans, results)):
             if a == 0 and b == T:
                 outs[d] = out
