@@ -127,29 +127,14 @@ def _packing(lens: torch.Tensor, T: int, reverse: bool, dev: torch.device):
 def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
     """No-grad recurrence over length-sorted, time-major packed rows, in preallocated buffers."""
     B, T, G = xproj.shape
-    P = w_p.shape[0]
-    out = torch.zeros(B * T, P, dtype=xproj.dtype, device=xproj.device)
-    lens = lengths.detach().to("cpu", torch.long).clamp(0, T)
-    if B == 0 or T == 0 or int(lens.max()) == 0:
-        return out.view(B, T, P), h0, c0
-    packing = _packing(lens, T, reverse, xproj.device)
-    packed_x = xproj.reshape(B * T, G).index_select(0, packing[3])          # [N, 4C], N real steps (a copy)
-    return _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, out, T)
+    gather = lambda flat: xproj.reshape(B * T, G).index_select(0, flat)  # noqa: E731  [N, 4C] (a copy)
+    return _run_packed(xproj, gather, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse)
 
 
-def lstm_layer_inputs_ref(
-    x: torch.Tensor,
-    w_ih: torch.Tensor,
-    bias: torch.Tensor,
-    w_hh: torch.Tensor,
-    w_p: torch.Tensor,
-    lengths: torch.Tensor,
-    h0: torch.Tensor,
-    c0: torch.Tensor,
-    cell_clip: Optional[float] = None,
-    proj_clip: Optional[float] = None,
-    reverse: bool = False,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lstm_layer_inputs_ref(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor, w_hh: torch.Tensor,
+                          w_p: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+                          cell_clip: Optional[float] = None, proj_clip: Optional[float] = None,
+                          reverse: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`lstm_layer_ref` of the input projections x @ w_ih^T + bias, from the layer input x [B, T, D]
     (w_ih [4C, D], bias [4C]), without grad: the input rows are gathered in the recurrence's packed
     order (D wide) and the one GEMM writes the packed gates directly, so the [B, T, 4C] projections
@@ -157,15 +142,25 @@ def lstm_layer_inputs_ref(
     token in the original model: ~11% of a CPU forward, bench/NOTES.md #12). Same values as
     `lstm_layer_ref(project(x, ...), ...)` up to GEMM rounding order. Returns (out, h_T, c_T) as it."""
     B, T, D = x.shape
+
+    def project_packed(flat):
+        rows = x.reshape(B * T, D).index_select(0, flat)                   # [N, D]
+        with op_label("input_projection"):
+            return linear_fn(w_ih, bias)(rows)                              # [N, 4C], the gates' input part
+
+    return _run_packed(x, project_packed, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse)
+
+
+def _run_packed(src, packed_input, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
+    """src [B, T, *] (its shape, dtype and device), packed_input(flat) -> the packed gate inputs [N, 4C]."""
+    B, T = src.shape[:2]
     P = w_p.shape[0]
-    out = torch.zeros(B * T, P, dtype=x.dtype, device=x.device)
+    out = torch.zeros(B * T, P, dtype=src.dtype, device=src.device)
     lens = lengths.detach().to("cpu", torch.long).clamp(0, T)
     if B == 0 or T == 0 or int(lens.max()) == 0:
         return out.view(B, T, P), h0, c0
-    packing = _packing(lens, T, reverse, x.device)
-    rows = x.reshape(B * T, D).index_select(0, packing[3])                  # [N, D]
-    with op_label("input_projection"):
-        packed_x = linear_fn(w_ih, bias)(rows)                              # [N, 4C], the gates' input part
+    packing = _packing(lens, T, reverse, src.device)
+    packed_x = packed_input(packing[3])
     with op_label("lstm_layer"):
         return _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, out, T)
 
