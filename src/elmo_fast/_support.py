@@ -49,7 +49,8 @@ def tensors_of(inputs: Inputs) -> List[Tensor]:
 def op_label(name: str):
     """A torch.profiler label `elmo_fast::<name>` while a profiler runs (nothing otherwise, and nothing
     under torch.compile): how bench_cpu.py --profile attributes time to ops."""
-    if torch.autograd._profiler_enabled() and not torch.compiler.is_compiling():
+    # is_compiling first: dynamo folds it, so a compiled graph never meets the profiler query
+    if not torch.compiler.is_compiling() and torch.autograd._profiler_enabled():
         return torch.profiler.record_function(f"elmo_fast::{name}")
     return contextlib.nullcontext()
 
