@@ -180,3 +180,81 @@ def test_fp32_variants_run_without_tf32(tiny_files, monkeypatch):
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
     assert tf32_during_call == [False, False]
+
+
+# ------------------------------------------------------------------------- bench_cpu.py (issue 12)
+def test_batch_flops_counts_each_family_by_hand():
+    """Tiny model, sentences of 3 and 5 positions (with <S>, </S>), 4 distinct token rows."""
+    from elmo_fast import synthetic
+    o = synthetic.make_options(**inputs.TINY_OPTIONS)
+    E, P, C, F = 4, 8, 16, 12
+    cnn = sum(2 * (50 - w + 1) * w * E * n for w, n in [[1, 4], [2, 8]])
+    enc = cnn + 2 * 2 * F * F + 2 * F * P                      # one highway layer, projection
+    per_pos = {"lstm_input": 4 * 2 * P * 4 * C, "lstm_recurrent": 4 * 2 * P * 4 * C,
+               "lstm_cell_projection": 4 * 2 * C * P}         # 2 layers x 2 directions
+    f = bench.batch_flops(o, [3, 5], distinct=4)
+    assert (f["positions"], f["padded_positions"], f["distinct_tokens"]) == (8, 10, 4)
+    for name, rows in (("model", (8, 8)), ("executed", (4, 8)), ("padded", (10, 10))):
+        got = f[name]
+        assert got["char_cnn"] + got["highway"] + got["projection"] == pytest.approx(enc * rows[0]), name
+        for k, v in per_pos.items():
+            assert got[k] == pytest.approx(v * rows[1]), (name, k)
+        assert got["total"] == pytest.approx(enc * rows[0] + sum(per_pos.values()) * rows[1]), name
+    assert f["model"]["total"] == pytest.approx(8 * inputs.flops_per_token(o)["total"])
+
+
+def test_profile_families_of_ops():
+    from elmo_fast.bench.cpu_profile import family
+    P, C = 8, 16
+    assert family("lstm_layer", "mkldnn::_linear_pointwise", [[5, P], [4 * C, P]], P, C) == "recurrent GEMMs"
+    assert family("lstm_layer", "aten::mm", [[5, C], [C, P]], P, C) == "cell projections"
+    assert family("lstm_layer", "aten::sigmoid_", [[5, C]], P, C) == "cell updates"
+    assert family("lstm_layer", "aten::index_select", [[5, C]], P, C) == "copies and bookkeeping"
+    assert family("input_projection", "mkldnn::_linear_pointwise", [[50, P]], P, C) == "input projections"
+    assert family("bilstm_layer", "aten::addmm", [[50, P]], P, C) == "input projections"
+    assert family("bilstm_layer", "aten::index_copy_", [[50, P]], P, C) == "copies and bookkeeping"
+    assert family("char_cnn", "aten::conv1d", [], P, C) == "char CNN"
+    assert family("highway", "aten::addmm", [], P, C) == "highway + projection"
+    assert family("", "aten::cat", [], P, C) == "outside the ops"
+
+
+def _bench_cpu():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_cpu", ROOT / "bench" / "bench_cpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_cpu_quick_records_fractions_and_agreement(tmp_path, monkeypatch):
+    monkeypatch.setenv("ELMO_FAST_BENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "r.json"
+    assert _bench_cpu().main(["--quick", "--batches", "2", "--json", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["arch"] == "tiny" and rec["environment"]["torch"] == torch.__version__
+    assert {"date", "commit", "cpu", "torch_threads"} <= set(rec["environment"])
+    assert [(r["mode"], r["batch"]) for r in rec["rows"]] == [("stateless", 2), ("stateful", 2)]
+    ceil = rec["ceiling"]["flops_per_s"]
+    for r in rec["rows"]:
+        med = sorted(r["times_s"]["elmo_fast"])[len(r["times_s"]["elmo_fast"]) // 2]
+        want = r["flops"]["model"]["total"] / med / ceil
+        assert r["fraction_of_ceiling"]["elmo_fast"] == pytest.approx(want)
+        assert r["last_call_error"]["max_abs"] < 1e-4 and r["masks_equal"]
+        assert r["ratio"] > 0 and r["positions"] == r["tokens"] + 4
+
+
+def test_bench_cpu_profile_and_busy_core_modes(tmp_path, monkeypatch):
+    monkeypatch.setenv("ELMO_FAST_BENCH_CACHE", str(tmp_path / "cache"))
+    mod = _bench_cpu()
+    out = tmp_path / "p.json"
+    assert mod.main(["--quick", "--profile", "--batches", "2", "--json", str(out)]) == 0
+    prof = json.loads(out.read_text())["profile"]
+    assert [p["threads"] for p in prof] == [1, 2]
+    for p in prof:
+        assert p["seconds"]["recurrent GEMMs"] > 0 and p["seconds"]["char CNN"] > 0
+        assert p["seconds"]["input projections"] > 0 and p["seconds"]["cell projections"] > 0
+        assert sum(p["seconds"].values()) == pytest.approx(p["profiled_wall_s"], rel=0.05)
+    out = tmp_path / "b.json"
+    assert mod.main(["--quick", "--busy-core", "--batches", "2", "--json", str(out)]) == 0
+    busy = json.loads(out.read_text())["busy_core"]
+    assert len(busy) == 1 and set(busy[0]["tokens_per_s"]) == {"1 threads", "2 threads"}

@@ -7,7 +7,7 @@ import torch
 from elmo_fast import ops
 from elmo_fast.reference import bilstm as bilstm_module
 from elmo_fast.reference.bilstm import bilstm_layer_ref, default_time_chunk
-from elmo_fast.reference.lstm import lstm_layer_ref
+from elmo_fast.reference.lstm import lstm_layer_inputs_ref, lstm_layer_ref
 from tolerances import assert_close
 
 CHUNK_ATOL = 1e-6  # issue 9: chunked == unchunked within 1e-6 in fp32
@@ -90,13 +90,17 @@ def test_op_chunks_by_budget_and_matches(monkeypatch):
         want = ops.bilstm_layer(x, weights, lens, h0, c0, 3.0, 3.0, time_chunk=T)
         monkeypatch.setenv("ELMO_FAST_WORKSPACE_MB", str(4 * B * 4 * C * 4 * 3 / (1 << 20)))  # 3 steps
         calls = []
-        real = bilstm_module.project
 
-        def counting(x, *a):
-            calls.append(x.shape[1])
-            return real(x, *a)
+        def counting(real):
+            def count(x, *a):
+                calls.append(x.shape[1])
+                return real(x, *a)
+            return count
 
-        monkeypatch.setattr(bilstm_module, "project", counting)
+        # each chunk and direction is projected once: by `project`, or by the reference recurrence
+        # that projects its own input (`lstm_layer_inputs_ref`, the no-grad reference path)
+        for name in ("project", "lstm_layer_inputs_ref"):
+            monkeypatch.setattr(bilstm_module, name, counting(getattr(bilstm_module, name)))
         with ops.use_backend("torch"):
             got = ops.bilstm_layer(x, weights, lens, h0, c0, 3.0, 3.0)
     assert calls == [3] * 26 + [1, 1], calls  # 14 chunks per direction, the last one step
@@ -176,3 +180,107 @@ def test_cuda_fused_directions_match_reference(chunk):
     for name, g, w in (("out_fwd", got[0][0], want[0][0]), ("out_bwd", got[0][1], want[0][1]),
                        ("h_T", got[1], want[1]), ("c_T", got[2], want[2])):
         assert_close(g.cpu(), w, msg=name)
+
+
+@pytest.mark.parametrize("B,T,D,C,P,lengths", [
+    pytest.param(1, 1, 4, 8, 4, [1], id="B1-T1"),
+    pytest.param(3, 7, 6, 12, 6, [7, 1, 0], id="B3-T7-ragged-empty"),
+    pytest.param(5, 13, 9, 20, 7, [13, 5, 13, 2, 9], id="B5-T13-D9-P7"),
+])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "bwd"])
+def test_inputs_ref_equals_projection_then_recurrence(B, T, D, C, P, lengths, reverse):
+    """lstm_layer_inputs_ref (the no-grad reference: projections in packed order) against its
+    definition: the full [B, T, 4C] projections, then lstm_layer_ref. x is a non-contiguous view with
+    NaN at every padding position, so a read of padding would show; padding outputs must be zeros."""
+    lens = torch.as_tensor(lengths)
+    real = (torch.arange(T).view(1, T) < lens.view(B, 1)).unsqueeze(-1)
+    x = torch.randn(B, T, 2 * D)[:, :, ::2]
+    x = torch.where(real, x, torch.full_like(x, float("nan")))
+    w_ih, bias = torch.randn(4 * C, D) / D ** 0.5, 0.1 * torch.randn(4 * C)
+    w_hh, w_p = torch.randn(4 * C, P) / P ** 0.5, 2 * torch.randn(P, C) / C ** 0.5
+    h0, c0 = torch.randn(B, P), torch.randn(B, C)
+    xproj = torch.where(real, torch.nan_to_num(x) @ w_ih.t() + bias, torch.zeros(()))
+    with torch.no_grad():
+        got = lstm_layer_inputs_ref(x, w_ih, bias, w_hh, w_p, lens, h0, c0, 3.0, 3.0, reverse)
+        want = lstm_layer_ref(xproj, w_hh, w_p, lens, h0, c0, 3.0, 3.0, reverse)
+    for name, g, w in zip(("out", "h_T", "c_T"), got, want):
+        assert_close(g, w, msg=name)
+    assert torch.equal(got[0] * ~real, torch.zeros_like(got[0])), "padding outputs are not zeros"
+
+
+def test_op_takes_the_inputs_path_only_for_the_reference_without_grad(monkeypatch):
+    """Through the op on the CPU: the reference recurrence projects its own inputs (no [B, T, 4C]
+    projections), reported as lstm_layer -> torch; with grad the composition through `project` runs."""
+    x, weights, lens, h0, c0 = make_layer(3, 9, 4, 8, 4, [9, 4, 1])
+    calls = {"project": 0, "lstm_layer_inputs_ref": 0}
+
+    def counting(name):
+        real = getattr(bilstm_module, name)
+
+        def count(*a):
+            calls[name] += 1
+            return real(*a)
+        return count
+
+    for name in calls:
+        monkeypatch.setattr(bilstm_module, name, counting(name))
+    with torch.no_grad(), ops.record_backends() as seen:
+        fast = ops.bilstm_layer(x, weights, lens, h0, c0, 3.0, 3.0)
+    assert calls == {"project": 0, "lstm_layer_inputs_ref": 2} and seen["lstm_layer"] == "torch"
+    w_grad = [[w.clone().requires_grad_() for w in ws] for ws in weights]
+    slow = ops.bilstm_layer(x, w_grad, lens, h0, c0, 3.0, 3.0)
+    assert calls == {"project": 2, "lstm_layer_inputs_ref": 2}
+    for g, w in zip(fast[0], slow[0]):
+        assert_close(g, w.detach())
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_concurrent_directions_equal_in_turn(monkeypatch, mode):
+    """At 2 torch threads the two directions run concurrently (one thread each): same values as in
+    turn, torch's thread count restored, and the worker ran in the caller's grad / inference mode."""
+    x, weights, lens, h0, c0 = make_layer(5, 13, 9, 20, 7, [13, 5, 13, 2, 9])
+    ctx = torch.no_grad if mode == "no_grad" else torch.inference_mode
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+    real = bilstm_module.lstm_layer_inputs_ref
+
+    def spy(*a):
+        seen.append((a[-1], torch.get_num_threads(), torch.is_grad_enabled(),
+                     torch.is_inference_mode_enabled()))
+        return real(*a)
+
+    monkeypatch.setattr(bilstm_module, "lstm_layer_inputs_ref", spy)
+    try:
+        with ctx():
+            both = bilstm_layer_ref(x, weights, lens, h0, c0, 3.0, 3.0)
+            assert torch.get_num_threads() == 2
+            monkeypatch.setattr(bilstm_module, "CONCURRENT_DIRECTIONS", False)
+            turn = bilstm_layer_ref(x, weights, lens, h0, c0, 3.0, 3.0)
+    finally:
+        torch.set_num_threads(n)
+    inference = mode == "inference_mode"
+    assert sorted(seen[:2]) == [(False, 1, False, inference), (True, 1, False, inference)]
+    assert seen[2:] == [(False, 2, False, inference), (True, 2, False, inference)]
+    for g, w in zip((*both[0], both[1], both[2]), (*turn[0], turn[1], turn[2])):
+        assert_close(g, w)
+
+
+def test_concurrent_direction_error_reaches_the_caller(monkeypatch):
+    x, weights, lens, h0, c0 = make_layer(2, 5, 4, 8, 4, [5, 3])
+    real = bilstm_module.lstm_layer_inputs_ref
+
+    def failing(*a):
+        if a[-1]:
+            raise RuntimeError("backward direction failed")
+        return real(*a)
+
+    monkeypatch.setattr(bilstm_module, "lstm_layer_inputs_ref", failing)
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad(), pytest.raises(RuntimeError, match="backward direction failed"):
+            bilstm_layer_ref(x, weights, lens, h0, c0, 3.0, 3.0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)

@@ -13,6 +13,7 @@ are checked against.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence
 
@@ -43,6 +44,15 @@ def tensors_of(inputs: Inputs) -> List[Tensor]:
     for v in inputs.values():
         walk(v)
     return out
+
+
+def op_label(name: str):
+    """A torch.profiler label `elmo_fast::<name>` while a profiler runs (nothing otherwise, and nothing
+    under torch.compile): how bench_cpu.py --profile attributes time to ops."""
+    # is_compiling first: dynamo folds it, so a compiled graph never meets the profiler query
+    if not torch.compiler.is_compiling() and torch.autograd._profiler_enabled():
+        return torch.profiler.record_function(f"elmo_fast::{name}")
+    return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)

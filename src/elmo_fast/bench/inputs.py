@@ -160,3 +160,39 @@ def flops_per_token(options: Dict[str, Any], chars: int = 50) -> Dict[str, float
     lstm = 2 * L * (per_dir_layer_in + per_dir_layer_rec)
     return {"char_cnn": cnn, "highway": highway, "projection": proj, "lstm": lstm,
             "lstm_recurrent": 2 * L * per_dir_layer_rec, "total": cnn + highway + proj + lstm}
+
+
+def batch_flops(options: Dict[str, Any], positions: Sequence[int], distinct: Optional[int] = None,
+                chars: int = 50) -> Dict[str, Any]:
+    """FLOPs (2 per multiply-add) of one forward over a batch, per op family, from the options and the
+    real positions the model runs: `positions` [B] = tokens + 2 (<S>, </S>) per sentence.
+
+    'model': the work of the model on those positions, whatever the implementation: every real
+    position through the char CNN (all chars - w + 1 windows, as the reference convolves), highway
+    and projection, and through each layer and direction of the biLSTM (input projection,
+    recurrent GEMM, cell projection). The same count serves every implementation, so its FLOP rate
+    is comparable across them.
+    'executed': what elmo_fast's reference runs: the char encoder on the `distinct` token rows only
+    (it deduplicates; default: no dedup), the LSTM on real positions only (as 'model').
+    'padded': the model's work on the padded [B, max(positions)] grid (what an implementation that
+    computes padding, e.g. allennlp's char CNN, would do there).
+    Element-wise work (gates, cell update, highway gate) is not counted: a GEMM ceiling compares GEMMs."""
+    fpt = flops_per_token(options, chars)
+    n = float(sum(positions))
+    padded = float(len(positions) * max(positions, default=0))
+    enc = ("char_cnn", "highway", "projection")
+    ls = options["lstm"]
+    P, C, L = ls["projection_dim"], ls["dim"], ls["n_layers"]
+    per_pos = {"lstm_input": 2 * L * 2.0 * P * 4 * C, "lstm_recurrent": 2 * L * 2.0 * P * 4 * C,
+               "lstm_cell_projection": 2 * L * 2.0 * C * P}
+
+    def count(enc_rows: float, lstm_rows: float) -> Dict[str, float]:
+        out = {k: fpt[k] * enc_rows for k in enc}
+        out.update({k: v * lstm_rows for k, v in per_pos.items()})
+        out["total"] = sum(out.values())
+        return out
+
+    return {"positions": int(n), "padded_positions": int(padded),
+            "distinct_tokens": int(n if distinct is None else distinct),
+            "model": count(n, n), "executed": count(n if distinct is None else float(distinct), n),
+            "padded": count(padded, padded)}

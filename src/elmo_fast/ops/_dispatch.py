@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from .. import _config
-from .._support import ANY, Support, tensors_of  # noqa: F401  (tensors_of: re-exported for callers)
+from .._support import ANY, Support, op_label, tensors_of  # noqa: F401  (tensors_of: re-exported for callers)
 
 _UNDECLARED = Support(devices=ANY, dtypes=ANY)
 
@@ -83,6 +83,13 @@ def record_backends(seen: Optional[Dict[str, str]] = None) -> Iterator[Dict[str,
         yield seen
     finally:
         _RECORDERS.reset(token)
+
+
+def record_choice(op: str, backend: str) -> None:
+    """Tells the open record_backends blocks that `op` ran `backend` (eager calls only: a compiled
+    graph has no per-call choice)."""
+    for seen in (() if torch.compiler.is_compiling() else _RECORDERS.get()):
+        seen[op] = backend
 
 
 @dataclass
@@ -184,13 +191,12 @@ class Op:
 
     def __call__(self, backend: Optional[str] = None, **inputs):
         chosen = self.select(backend=backend, **inputs)
-        # record_backends observes eager calls only (a compiled graph has no per-call choice)
-        for seen in (() if torch.compiler.is_compiling() else _RECORDERS.get()):
-            seen[self.name] = chosen.name
-        if backend is not None and chosen.composite:
-            with use_backend(backend):
-                return chosen.load()(**inputs)
-        return chosen.load()(**inputs)
+        record_choice(self.name, chosen.name)
+        with op_label(self.name):
+            if backend is not None and chosen.composite:
+                with use_backend(backend):
+                    return chosen.load()(**inputs)
+            return chosen.load()(**inputs)
 
 
 OPS: Dict[str, Op] = {}

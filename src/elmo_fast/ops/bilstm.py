@@ -2,13 +2,16 @@
 
 Backends: 'cuda' runs both directions of each time chunk in one persistent-kernel launch; 'torch'
 is the reference schedule with each direction's recurrence sent to the `lstm_layer` op (so it runs
-on the Triton or CUDA kernel, or the reference, by the same backend choice).
+on the Triton or CUDA kernel, or the reference, by the same backend choice). Where that choice is the
+reference, the schedule runs it directly on the layer input (`lstm_layer_inputs_ref`: no [B, T, 4C]
+projections in between), with the same outputs.
 """
 import torch
 
 from .._support import REFERENCE
 from ..reference.bilstm import bilstm_layer_ref, each_direction
-from ._dispatch import Backend, Op, register
+from ._dispatch import Backend, BackendUnavailable, Op, record_choice, register
+from .lstm import _op as _lstm_op
 from .lstm import lstm_layer
 
 
@@ -23,7 +26,26 @@ def _example(shapes, device, dtype):
                 residual=False)
 
 
+def _recurrence_is_reference(inputs) -> bool:
+    """Whether the lstm_layer op would run its torch reference on this layer's problems. Asked with a
+    stand-in for the [B, T, 4C] projections (a zero-strided view: no memory), since the point of the
+    answer is not to compute them: the reference recurrence projects its inputs itself."""
+    x, (w_ih, _, w_hh, w_p) = inputs["x"][0], inputs["weights"][0]
+    P, C = w_hh.shape[1], w_p.shape[1]
+    probe = dict(xproj=x.new_zeros(()).expand(x.shape[0], x.shape[1], w_ih.shape[0]), w_hh=w_hh, w_p=w_p,
+                 lengths=inputs["lengths"], h0=inputs["h0"][:, :P], c0=inputs["c0"][:, :C],
+                 cell_clip=inputs.get("cell_clip"), proj_clip=inputs.get("proj_clip"), reverse=False)
+    try:
+        chosen = _lstm_op.select(**probe)
+    except BackendUnavailable:                # the call below raises it, with the real inputs
+        return False
+    return chosen.name == "torch"
+
+
 def _bilstm_composite(**inputs):
+    if _recurrence_is_reference(inputs):
+        record_choice("lstm_layer", "torch")
+        return bilstm_layer_ref(**inputs)
     return bilstm_layer_ref(**inputs, recurrence=each_direction(lstm_layer))
 
 

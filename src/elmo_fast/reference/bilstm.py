@@ -14,6 +14,7 @@ projections and the recurrence's packed copy of them), at most the workspace bud
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from .._support import chunk_len
 from ._cpu_gemm import linear_fn
-from .lstm import lstm_layer_ref
+from .lstm import lstm_layer_inputs_ref, lstm_layer_ref
 
 # one direction's recurrence problem: (xproj, w_hh, w_p, lengths, h0, c0, reverse)
 Problem = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, bool]
@@ -35,6 +36,46 @@ def each_direction(lstm_layer: Callable) -> Recurrence:
         return [lstm_layer(xp, w_hh, w_p, lens, h0, c0, cell_clip, proj_clip, reverse)
                 for xp, w_hh, w_p, lens, h0, c0, reverse in problems]
     return run
+
+
+# run the two directions of a layer concurrently, one CPU thread each (see both_directions)
+CONCURRENT_DIRECTIONS = True
+
+
+def both_directions(calls: Sequence[tuple]) -> List[Tuple[Tensor, Tensor, Tensor]]:
+    """`lstm_layer_inputs_ref(*call)` for the forward and the backward call. On the CPU with two or
+    more torch threads (and CONCURRENT_DIRECTIONS), the backward direction runs on a second Python
+    thread and each direction on one intra-op thread: the directions are independent, so the
+    cores then meet only at the end of the layer instead of in ~13 OpenMP regions per step, and a
+    core that another process keeps busy slows one direction instead of stalling every region of
+    both (bench/NOTES.md #12). torch's thread count is restored afterwards; grad and inference mode
+    are carried into the worker (they are per thread). Same values as running them in turn."""
+    n = torch.get_num_threads()
+    if not CONCURRENT_DIRECTIONS or n < 2 or len(calls) != 2 or calls[0][0].device.type != "cpu":
+        return [lstm_layer_inputs_ref(*call) for call in calls]
+    modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+    box: dict = {}
+
+    def backward() -> None:
+        torch.set_num_threads(1)
+        try:
+            # inference_mode(False) turns grad on: the grad mode is set inside it
+            with torch.inference_mode(modes[1]), torch.set_grad_enabled(modes[0]):
+                box["out"] = lstm_layer_inputs_ref(*calls[1])
+        except BaseException as exc:  # re-raised in the calling thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=backward, name="elmo_fast-backward-direction", daemon=True)
+    torch.set_num_threads(1)
+    try:
+        worker.start()
+        forward = lstm_layer_inputs_ref(*calls[0])
+    finally:
+        worker.join()
+        torch.set_num_threads(n)
+    if "error" in box:
+        raise box["error"]
+    return [forward, box["out"]]
 
 
 def default_time_chunk(B: int, G: int, itemsize: int) -> int:
@@ -77,9 +118,15 @@ def bilstm_layer_ref(
     h0, c0:     [B, 2P], [B, 2C] the state, forward half first
     residual:   add each direction's input to its output (ELMo's skip connection, layers > 0)
     time_chunk: steps whose input projections exist at once (None: from the workspace budget)
-    recurrence: runs one chunk of both directions (default: `lstm_layer_ref` per direction)
+    recurrence: runs one chunk of both directions from its input projections (default: the reference,
+                `lstm_layer_ref` per direction; without grad `lstm_layer_inputs_ref`, which
+                projects the inputs itself)
     returns     ((out_fwd, out_bwd) [B, T, P] each, zeros at padding), h_T [B, 2P], c_T [B, 2C]
     """
+    # the reference recurrence without grad reads the layer input itself (`lstm_layer_inputs_ref`:
+    # the projections go straight into its packed order); other recurrences take [B, t, 4C] projections
+    fused = recurrence is None and not (torch.is_grad_enabled() and any(
+        t.requires_grad for t in [*x, h0, c0, *(w for ws in weights for w in ws)]))
     run = recurrence or each_direction(lstm_layer_ref)
     B, T, _ = x[0].shape
     P, C = h0.shape[1] // 2, c0.shape[1] // 2
@@ -94,13 +141,17 @@ def bilstm_layer_ref(
     outs: List[Optional[Tensor]] = [None, None]
     for k in range(max(1, -(-T // tc))):
         spans = ((k * tc, min(T, (k + 1) * tc)), (max(0, T - (k + 1) * tc), T - k * tc))
-        problems = []
+        problems, calls = [], []
         for d, (a, b) in enumerate(spans):
             w_ih, bias, w_hh, w_p = weights[d]
             local = (lengths - a).clamp(0, b - a)
+            if fused:
+                calls.append((x[d][:, a:b], w_ih, bias, w_hh, w_p, local, h[d], c[d], cell_clip, proj_clip,
+                              d == 1))
+                continue
             xproj = project(x[d][:, a:b], real[:, a:b], w_ih, bias)
             problems.append((xproj, w_hh, w_p, local, h[d], c[d], d == 1))
-        results = run(problems, cell_clip, proj_clip)
+        results = both_directions(calls) if fused else run(problems, cell_clip, proj_clip)
         for d, ((a, b), (out, h[d], c[d])) in enumerate(zip(spans, results)):
             if a == 0 and b == T:
                 outs[d] = out

@@ -11,10 +11,12 @@ Both give the same values (up to the order of floating-point rounding inside the
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import contextlib
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 
+from .._support import op_label
 from ._cpu_gemm import linear_fn
 
 
@@ -89,26 +91,87 @@ def _lstm_autograd(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reve
     return out, h.to(h0.dtype), c.to(c0.dtype)
 
 
-def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
-    """No-grad recurrence over length-sorted, time-major packed rows, in preallocated buffers."""
-    B, T, G = xproj.shape
-    C = G // 4
-    P = w_p.shape[0]
-    dev, dt = xproj.device, xproj.dtype
-    out = torch.zeros(B * T, P, dtype=dt, device=dev)
-    lens = lengths.detach().to("cpu", torch.long).clamp(0, T)
-    if B == 0 or T == 0 or int(lens.max()) == 0:
-        return out.view(B, T, P), h0, c0
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """torch's intra-op threads set to 1 for the block, for work on the CPU. The recurrence's
+    element-wise ops are small (a few [n, C] passes per step, tens of microseconds) and there are ~10
+    per step: on a machine where another process holds a core, every OpenMP region waits for a
+    descheduled worker, and at 2 threads the cell update took 46x its 1-thread time (bench/NOTES.md
+    #12). Serial, they lose at most the parallel speed-up of tiny passes. Setting the count costs
+    ~0.2 us."""
+    n = torch.get_num_threads()
+    if n == 1 or device.type != "cpu":
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
-    # sort rows by length (longest first): at step t the running rows are a prefix
+
+def _packing(lens: torch.Tensor, T: int, reverse: bool, dev: torch.device):
+    """Rows sorted by length (longest first, so the rows running at step t are a prefix) and packed
+    time-major. lens [B] (CPU, clamped to [0, T]) -> (sorted_lens [B], order [B], counts per step,
+    flat [N] the [B*T] row of each packed step, N = lens.sum()); reverse is a different `flat`."""
+    B = lens.numel()
     sorted_lens, order = torch.sort(lens, descending=True, stable=True)
     running = sorted_lens.view(1, B) > torch.arange(T).view(T, 1)          # [T, B]
     counts = running.sum(1).tolist()
     t_idx, j_idx = running.nonzero(as_tuple=True)                           # t-major, j ascending
     pos = (sorted_lens[j_idx] - 1 - t_idx) if reverse else t_idx           # position within the row
     flat = (order[j_idx] * T + pos).to(dev)                                # packed -> [B*T] row
-    packed_x = xproj.reshape(B * T, G).index_select(0, flat)                # [N, 4C], N real steps (a copy)
-    N = packed_x.shape[0]
+    return sorted_lens, order, counts, flat
+
+
+def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
+    """No-grad recurrence over length-sorted, time-major packed rows, in preallocated buffers."""
+    B, T, G = xproj.shape
+    gather = lambda flat: xproj.reshape(B * T, G).index_select(0, flat)  # noqa: E731  [N, 4C] (a copy)
+    return _run_packed(xproj, gather, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse)
+
+
+def lstm_layer_inputs_ref(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor, w_hh: torch.Tensor,
+                          w_p: torch.Tensor, lengths: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+                          cell_clip: Optional[float] = None, proj_clip: Optional[float] = None,
+                          reverse: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`lstm_layer_ref` of the input projections x @ w_ih^T + bias, from the layer input x [B, T, D]
+    (w_ih [4C, D], bias [4C]), without grad: the input rows are gathered in the recurrence's packed
+    order (D wide) and the one GEMM writes the packed gates directly, so the [B, T, 4C] projections
+    are never materialised, scattered, zero-filled and gathered again (four passes over 64 KB per
+    token in the original model: ~11% of a CPU forward, bench/NOTES.md #12). Same values as
+    `lstm_layer_ref(project(x, ...), ...)` up to GEMM rounding order. Returns (out, h_T, c_T) as it."""
+    B, T, D = x.shape
+
+    def project_packed(flat):
+        rows = x.reshape(B * T, D).index_select(0, flat)                   # [N, D]
+        with op_label("input_projection"):
+            return linear_fn(w_ih, bias)(rows)                              # [N, 4C], the gates' input part
+
+    return _run_packed(x, project_packed, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse)
+
+
+def _run_packed(src, packed_input, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
+    """src [B, T, *] (its shape, dtype and device), packed_input(flat) -> the packed gate inputs [N, 4C]."""
+    B, T = src.shape[:2]
+    P = w_p.shape[0]
+    out = torch.zeros(B * T, P, dtype=src.dtype, device=src.device)
+    lens = lengths.detach().to("cpu", torch.long).clamp(0, T)
+    if B == 0 or T == 0 or int(lens.max()) == 0:
+        return out.view(B, T, P), h0, c0
+    packing = _packing(lens, T, reverse, src.device)
+    packed_x = packed_input(packing[3])
+    with op_label("lstm_layer"):
+        return _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, out, T)
+
+
+def _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, out, T):
+    """The recurrence over packed rows: packed_x [N, 4C] (overwritten: the gates are computed in place),
+    out [B*T, P] zeros -> (out [B, T, P], h_T, c_T)."""
+    sorted_lens, order, counts, flat = packing
+    N, G = packed_x.shape
+    C, P, B = G // 4, w_p.shape[0], order.numel()
+    dev, dt = packed_x.device, packed_x.dtype
     packed_h = torch.empty(N, P, dtype=dt, device=dev)
 
     order_d = order.to(dev)
@@ -123,16 +186,18 @@ def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, revers
         if n == 0:
             break
         g_n = packed_x[off : off + n]       # our own copy: the gates are computed in place
-        g_n.add_(recurrent(h_prev[:n]))
-        g_n[:, : 2 * C].sigmoid_()          # i, f
-        g_n[:, 2 * C : 3 * C].tanh_()       # g
-        g_n[:, 3 * C :].sigmoid_()          # o
-        c_n = c[:n]
-        c_n.mul_(g_n[:, C : 2 * C]).addcmul_(g_n[:, :C], g_n[:, 2 * C : 3 * C])
-        if cell_clip is not None:
-            c_n.clamp_(-cell_clip, cell_clip)
-        co = torch.tanh(c_n, out=cell_out[:n])
-        co.mul_(g_n[:, 3 * C :])
+        r = recurrent(h_prev[:n])
+        with _one_thread(dev):              # the element-wise cell update: see _one_thread
+            g_n.add_(r)
+            g_n[:, : 2 * C].sigmoid_()      # i, f
+            g_n[:, 2 * C : 3 * C].tanh_()   # g
+            g_n[:, 3 * C :].sigmoid_()      # o
+            c_n = c[:n]
+            c_n.mul_(g_n[:, C : 2 * C]).addcmul_(g_n[:, :C], g_n[:, 2 * C : 3 * C])
+            if cell_clip is not None:
+                c_n.clamp_(-cell_clip, cell_clip)
+            co = torch.tanh(c_n, out=cell_out[:n])
+            co.mul_(g_n[:, 3 * C :])
         h_n = packed_h[off : off + n]
         h_n.copy_(project(co))
         if proj_clip is not None:
