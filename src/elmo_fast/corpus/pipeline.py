@@ -438,10 +438,17 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
         elif cuda:  # one gather of the real tokens on the device: [L_s, tokens, D]
             rows = rows.to(dev, non_blocking=True)
             out = sel.transpose(0, 1)[:, rows[0], rows[1]]
-        else:  # CPU: each sentence straight into the window buffer, converted on the way: one pass over
-            # the vectors, no batch-sized temporary (whose fresh pages the kernel would fault in each time).
-            # Each copy stays below torch's parallel grain, so it runs in this thread: a larger one wakes
-            # the OpenMP pool, whose spinning threads take the core the writer needs.
+        elif sel.dtype == buf.dtype:  # CPU, stored as computed: numpy copies of each sentence into the window
+            # buffer (cheap slicing; the copy runs without the GIL, beside the writer and the feeder)
+            src, dst = _as_numpy(sel), _as_numpy(buf)
+            for r, pos in enumerate(w.batches[j]):
+                a, n = int(w.offsets[pos]), int(w.lengths[pos])
+                dst[:, a:a + n] = src[r, :, :n]
+            p.put(q_out, (w, j, None, None, buf))
+            continue
+        else:  # CPU, another stored dtype: each sentence converted straight into the window buffer (one pass,
+            # no batch-sized temporary). Each copy stays below torch's parallel grain, so it runs in this
+            # thread: a larger one wakes the OpenMP pool, whose spinning threads take the writer's core.
             step = max(1, _SERIAL_ELEMENTS // (sel.shape[1] * sel.shape[3]))
             for r, pos in enumerate(w.batches[j]):
                 a, n = int(w.offsets[pos]), int(w.lengths[pos])
