@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import IO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 EMPTY_LINES = ("error", "skip", "keep")
-BLOCK = 1 << 22  # bytes per read: large enough for disk speed, small enough to bound memory
+BLOCK = 1 << 20  # bytes per read: large enough for disk speed, small enough to bound memory (each block
+# lives as bytes, text and lines at once: ~8x its size)
 _MAX_LISTED = 20
 _SPOOL_IN_MEMORY = 32 << 20  # a piped input stays in memory up to this size, then goes to disk
 
