@@ -88,11 +88,10 @@ def test_round_trip_through_open_embeddings(stateless, alone, tmp_path, layout, 
 
 
 @pytest.mark.parametrize("dtype_out", ["float32", "bfloat16"])
-def test_many_chunks_and_split_copies_change_nothing(stateless, alone, tmp_path, monkeypatch, dtype_out):
+def test_many_chunks_change_nothing(stateless, alone, tmp_path, monkeypatch, dtype_out):
     """Chunks of 3 rows (so whole chunks, tails carried across windows and a padded last chunk all
-    occur) and copies of one token at a time (the below-the-grain split) give the same vectors."""
+    occur) give the same vectors."""
     monkeypatch.setattr(layouts, "_CHUNK_BYTES", 3 * 16 * 4)
-    monkeypatch.setattr(pipeline, "_SERIAL_ELEMENTS", 1)
     out = tmp_path / "o.h5"
     embed_corpus(stateless, SENTENCES * 3, out, "all", batch_size=2, progress=False, layout="flat",
                  dtype_out=dtype_out, window=4)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -279,3 +279,22 @@ def chunk_len(bytes_per_item: int, budget: Optional[int] = None) -> int:
     budget = _config.workspace_bytes() if budget is None else budget
     return max(1, int(budget) // max(1, int(bytes_per_item)))
 
+
+@contextlib.contextmanager
+def one_thread(device: torch.device) -> Iterator[None]:
+    """torch's intra-op threads set to 1 for the block, for work on the CPU (process-wide: use it only
+    where no other thread runs torch work at the same time). The recurrence's
+    element-wise ops are small (a few [n, C] passes per step, tens of microseconds) and there are ~10
+    per step: on a machine where another process holds a core, every OpenMP region waits for a
+    descheduled worker, and at 2 threads the cell update took 46x its 1-thread time (bench/NOTES.md
+    #12). Serial, they lose at most the parallel speed-up of tiny passes. Setting the count costs
+    ~0.2 us."""
+    n = torch.get_num_threads()
+    if n == 1 or device.type != "cpu":
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

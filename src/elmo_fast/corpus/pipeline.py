@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .. import _atomic
+from .._support import one_thread
 from ..chars import batch_to_ids
 from .batching import Window, check_limits, windows
 from .diskio import H5Output, describe_failure
@@ -352,7 +353,6 @@ class _Writer:
         self.piece = None
 
 
-_SERIAL_ELEMENTS = 32768  # at::internal::GRAIN_SIZE: torch runs element-wise ops this small in one thread
 _STORAGE_TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -418,7 +418,7 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
     spec = job.spec
     dev = model.device
     cuda = dev.type == "cuda"
-    current, buf = None, None
+    current, buf, scratch = None, None, None
     while True:
         item = p.get(q_in)
         if item is _END:
@@ -446,15 +446,17 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
                 dst[:, a:a + n] = src[r, :, :n]
             p.put(q_out, (w, j, None, None, buf))
             continue
-        else:  # CPU, another stored dtype: each sentence converted straight into the window buffer (one pass,
-            # no batch-sized temporary). Each copy stays below torch's parallel grain, so it runs in this
-            # thread: a larger one wakes the OpenMP pool, whose spinning threads take the writer's core.
-            step = max(1, _SERIAL_ELEMENTS // (sel.shape[1] * sel.shape[3]))
+        else:  # CPU, another stored dtype: the batch converted by one op on one thread, into a reused buffer
+            # (no fresh pages to fault in; on the pool, OpenMP's spinning workers would take the cores the
+            # writer and the feeder need), then numpy copies of each sentence as above
+            if scratch is None or scratch.numel() < sel.numel() or scratch.dtype != buf.dtype:
+                scratch = torch.empty(sel.numel(), dtype=buf.dtype)
+            with one_thread(dev):
+                conv = scratch[:sel.numel()].view(sel.shape).copy_(sel)
+            src, dst = _as_numpy(conv), _as_numpy(buf)
             for r, pos in enumerate(w.batches[j]):
                 a, n = int(w.offsets[pos]), int(w.lengths[pos])
-                for k in range(0, n, step):
-                    m = min(step, n - k)
-                    buf[:, a + k:a + k + m].copy_(sel[r, :, k:k + m])
+                dst[:, a:a + n] = src[r, :, :n]
             p.put(q_out, (w, j, None, None, buf))
             continue
         out = to_storage(out, spec.dtype_out)

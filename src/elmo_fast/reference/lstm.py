@@ -11,12 +11,11 @@ Both give the same values (up to the order of floating-point rounding inside the
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-from .._support import op_label
+from .._support import one_thread, op_label
 from ._cpu_gemm import linear_fn
 
 
@@ -89,25 +88,6 @@ def _lstm_autograd(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reve
     if reverse:
         out = torch.gather(out, 1, idx.unsqueeze(-1).expand_as(out))
     return out, h.to(h0.dtype), c.to(c0.dtype)
-
-
-@contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """torch's intra-op threads set to 1 for the block, for work on the CPU. The recurrence's
-    element-wise ops are small (a few [n, C] passes per step, tens of microseconds) and there are ~10
-    per step: on a machine where another process holds a core, every OpenMP region waits for a
-    descheduled worker, and at 2 threads the cell update took 46x its 1-thread time (bench/NOTES.md
-    #12). Serial, they lose at most the parallel speed-up of tiny passes. Setting the count costs
-    ~0.2 us."""
-    n = torch.get_num_threads()
-    if n == 1 or device.type != "cpu":
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _packing(lens: torch.Tensor, T: int, reverse: bool, dev: torch.device):
@@ -187,7 +167,7 @@ def _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, ou
             break
         g_n = packed_x[off : off + n]       # our own copy: the gates are computed in place
         r = recurrent(h_prev[:n])
-        with _one_thread(dev):              # the element-wise cell update: see _one_thread
+        with one_thread(dev):              # the element-wise cell update: see _one_thread
             g_n.add_(r)
             g_n[:, : 2 * C].sigmoid_()      # i, f
             g_n[:, 2 * C : 3 * C].tanh_()   # g
