@@ -438,22 +438,16 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
         elif cuda:  # one gather of the real tokens on the device: [L_s, tokens, D]
             rows = rows.to(dev, non_blocking=True)
             out = sel.transpose(0, 1)[:, rows[0], rows[1]]
-        elif sel.dtype == buf.dtype:  # CPU, stored as computed: numpy copies of each sentence into the window
-            # buffer (cheap slicing; the copy runs without the GIL, beside the writer and the feeder)
+        else:  # CPU
+            if sel.dtype != buf.dtype:  # one conversion per batch, on one thread, into a reused buffer (no
+                # fresh pages to fault in; on the pool, OpenMP's spinning workers take the other stages' core)
+                if scratch is None or scratch.numel() < sel.numel() or scratch.dtype != buf.dtype:
+                    scratch = torch.empty(sel.numel(), dtype=buf.dtype)
+                with one_thread(dev):
+                    sel = scratch[:sel.numel()].view(sel.shape).copy_(sel)
+            # each sentence into the window buffer with numpy: cheap slicing, and the copy runs without
+            # the GIL, beside the writer and the feeder
             src, dst = _as_numpy(sel), _as_numpy(buf)
-            for r, pos in enumerate(w.batches[j]):
-                a, n = int(w.offsets[pos]), int(w.lengths[pos])
-                dst[:, a:a + n] = src[r, :, :n]
-            p.put(q_out, (w, j, None, None, buf))
-            continue
-        else:  # CPU, another stored dtype: the batch converted by one op on one thread, into a reused buffer
-            # (no fresh pages to fault in; on the pool, OpenMP's spinning workers would take the cores the
-            # writer and the feeder need), then numpy copies of each sentence as above
-            if scratch is None or scratch.numel() < sel.numel() or scratch.dtype != buf.dtype:
-                scratch = torch.empty(sel.numel(), dtype=buf.dtype)
-            with one_thread(dev):
-                conv = scratch[:sel.numel()].view(sel.shape).copy_(sel)
-            src, dst = _as_numpy(conv), _as_numpy(buf)
             for r, pos in enumerate(w.batches[j]):
                 a, n = int(w.offsets[pos]), int(w.lengths[pos])
                 dst[:, a:a + n] = src[r, :, :n]
