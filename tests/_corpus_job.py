@@ -15,8 +15,13 @@ def _slow(self, ids):
 
 
 if __name__ == "__main__":
+    import signal
+
     import torch
 
+    # Ctrl-C as in a terminal, even when the test runner was started in the background (a
+    # non-interactive shell starts background jobs with SIGINT ignored, and children inherit that)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(1)
     EmbedderModel.__call__ = _slow
     sys.exit(cli.main(sys.argv[2:]))

@@ -243,9 +243,7 @@ def test_signal_mid_job_then_resume(capsys, corpus, model, tmp_path, reference, 
     out = tmp_path / "out.h5"
     out.write_bytes(b"old")
     os.chmod(out, 0o640)
-    # slow enough that the job is still running when the signal comes: the model stage runs up to three
-    # windows ahead of the writer, so only a few batches are left when the first piece is listed
-    proc = _start(corpus, out, model, slow=0.2)
+    proc = _start(corpus, out, model)
     _wait_for_pieces(proc, out, 1)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
