@@ -283,12 +283,12 @@ def chunk_len(bytes_per_item: int, budget: Optional[int] = None) -> int:
 @contextlib.contextmanager
 def one_thread(device: torch.device) -> Iterator[None]:
     """torch's intra-op threads set to 1 for the block, for work on the CPU (process-wide: use it only
-    where no other thread runs torch work at the same time). The recurrence's
-    element-wise ops are small (a few [n, C] passes per step, tens of microseconds) and there are ~10
-    per step: on a machine where another process holds a core, every OpenMP region waits for a
-    descheduled worker, and at 2 threads the cell update took 46x its 1-thread time (bench/NOTES.md
-    #12). Serial, they lose at most the parallel speed-up of tiny passes. Setting the count costs
-    ~0.2 us."""
+    where no other thread runs torch work at the same time). For many small ops: the recurrence's
+    element-wise work (a few [n, C] passes per step, tens of microseconds, ~10 per step) and the
+    corpus job's dtype conversions. On a machine where another process holds a core, every OpenMP
+    region waits for a descheduled worker: at 2 threads the cell update took 46x its 1-thread time
+    (bench/NOTES.md #12). Serial, they lose at most the parallel speed-up of small passes. Setting
+    the count costs ~0.2 us."""
     n = torch.get_num_threads()
     if n == 1 or device.type != "cpu":
         yield
