@@ -2,6 +2,7 @@
 optional persistent-LSTM CUDA extension (see csrc/ and the CUDA section below)."""
 import importlib.util
 import os
+import platform
 import shutil
 import warnings
 from pathlib import Path
@@ -41,8 +42,36 @@ class BuildPyWithSources(build_py):
             shutil.copy2(CSRC / name, dest / name)
 
 
+# ---------------------------------------------------------------------------------------------
+# CPU extension elmo_fast._cpu_kernels (csrc/cpu/): the LSTM recurrence's few-rows GEMM (AVX2 + FMA,
+# chosen at run time). Optional: without a C++ compiler, or off x86-64, the install goes on and the
+# reference path uses oneDNN for those GEMMs (elmo_fast.reference._cpu_gemm).
+#   ELMO_FAST_BUILD_CPU=0  skip;  =1  required (fail on a compile error);  unset  try, warn on failure.
+# ---------------------------------------------------------------------------------------------
+CPU_EXT = "elmo_fast._cpu_kernels"
+
+
+def _cpu_extension():
+    import pybind11  # a build requirement (pyproject.toml)
+
+    return Extension(CPU_EXT, sources=["csrc/cpu/few_rows_gemm.cpp"], include_dirs=[pybind11.get_include()],
+                     language="c++", extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden"])
+
+
 class NvccBuildExt(build_ext):
     def build_extension(self, ext):
+        if ext.name == CPU_EXT:
+            mode = os.environ.get("ELMO_FAST_BUILD_CPU", "").strip()
+            if mode == "0":
+                print("elmo_fast: ELMO_FAST_BUILD_CPU=0, skipping the CPU kernels")
+                return
+            try:
+                return super().build_extension(ext)
+            except Exception as exc:  # optional: the reference path falls back to oneDNN
+                if mode == "1":
+                    raise
+                warnings.warn(f"elmo_fast: building the CPU kernels failed; continuing without them.\n{exc}")
+                return
         if ext.name != "elmo_fast._lstm_cuda":
             return super().build_extension(ext)
         mode = os.environ.get("ELMO_FAST_BUILD_CUDA", "").strip()
@@ -75,6 +104,7 @@ setup(
     package_data={"elmo_fast": ["data/tiny/options.json", "data/tiny/weights.hdf5", "data/tiny/NOTICE.md"]},
     # sources listed for sdists; NvccBuildExt compiles them itself
     ext_modules=[Extension("elmo_fast._lstm_cuda",
-                           sources=[f"csrc/{n}" for n in CSRC_FILES[:1]] + ["csrc/module.cpp"])],
+                           sources=[f"csrc/{n}" for n in CSRC_FILES[:1]] + ["csrc/module.cpp"])]
+    + ([_cpu_extension()] if platform.machine().lower() in ("x86_64", "amd64") else []),
     cmdclass={"build_ext": NvccBuildExt, "build_py": BuildPyWithSources},
 )

@@ -1,8 +1,11 @@
 """The reference LSTM's two implementations (packed no-grad loop, autograd loop) and its CPU GEMM
 agree with each other and with a plain fp64 loop written here."""
+import contextlib
+
 import pytest
 import torch
 
+from elmo_fast._support import one_thread
 from elmo_fast.reference import _cpu_gemm
 from elmo_fast.reference.lstm import _lstm_autograd, _lstm_packed
 from tolerances import assert_close, assert_differs
@@ -42,13 +45,15 @@ def naive(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
 ])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "bwd"])
 @pytest.mark.parametrize("clip", [None, 0.5], ids=["noclip", "clip0.5"])
-def test_reference_lstm_paths_agree(B, T, C, P, lengths, reverse, clip):
+# one thread: the packed loop's GEMMs run on the few-rows CPU kernel (test_cpu_kernels.py); more: oneDNN
+@pytest.mark.parametrize("one", [False, True], ids=["threads", "1thread"])
+def test_reference_lstm_paths_agree(B, T, C, P, lengths, reverse, clip, one):
     x = torch.randn(B, T, 4 * C)
     w_hh, w_p = torch.randn(4 * C, P) / P ** 0.5, torch.randn(P, C) / C ** 0.5
     L = torch.tensor(lengths)
     h0, c0 = torch.randn(B, P), torch.randn(B, C)
     ref = naive(x, w_hh, w_p, L, h0, c0, clip, clip, reverse)
-    with torch.no_grad():
+    with torch.no_grad(), (one_thread(x.device) if one else contextlib.nullcontext()):
         packed = _lstm_packed(x, w_hh, w_p, L, h0, c0, clip, clip, reverse)
     plain = _lstm_autograd(x, w_hh, w_p, L, h0, c0, clip, clip, reverse)
     for got in (packed, plain):

@@ -2,7 +2,9 @@
 
 torch.profiler records every aten op on the calling thread; the dispatcher labels each op call
 (`elmo_fast::char_cnn`, `::highway`, `::bilstm_layer`, `::lstm_layer`, ...) while a profiler runs,
-and the reference recurrence labels its input-projection GEMM (`::input_projection`).
+and the reference recurrence labels its GEMMs (`::input_projection`, `::recurrent_gemm`,
+`::cell_projection`; the last two may run in our own kernel, which the profiler sees only as the
+label's own time).
 An op's time is charged to a family by the label around it and, inside the recurrence, by what it
 is: a GEMM whose input is P wide is the recurrent GEMM, one whose input is C wide the cell
 projection, element-wise ops are the cell update, the rest (index_select, copy_, slicing) is
@@ -27,6 +29,8 @@ ELEMENTWISE = {"aten::sigmoid_", "aten::sigmoid", "aten::tanh_", "aten::tanh", "
                "aten::addcmul_", "aten::addcmul", "aten::clamp_", "aten::clamp", "aten::add_", "aten::add",
                "aten::hardtanh_"}
 LABEL = "elmo_fast::"
+# labels whose own time (outside any aten op inside them) is work of that family: our CPU kernels
+LEAF_LABELS = {"recurrent_gemm": "recurrent GEMMs", "cell_projection": "cell projections"}
 
 
 def family(label: str, name: str, shapes: List[Any], P: int, C: int) -> str:
@@ -37,6 +41,8 @@ def family(label: str, name: str, shapes: List[Any], P: int, C: int) -> str:
         return "highway + projection"
     if label == "input_projection":
         return "input projections"
+    if label in LEAF_LABELS:
+        return LEAF_LABELS[label]
     gemm = name in GEMMS
     if label == "lstm_layer":
         if gemm:
@@ -64,6 +70,9 @@ def profile_call(fn: Callable[[], Any], P: int, C: int) -> Dict[str, Any]:
     ops = 0
     for ev in prof.events():
         if ev.name.startswith(LABEL):
+            fam = LEAF_LABELS.get(ev.name[len(LABEL):])
+            if fam is not None:
+                seconds[fam] += ev.self_cpu_time_total / 1e6
             continue
         parent = ev.cpu_parent
         if parent is not None and not parent.name.startswith(LABEL):

@@ -1,21 +1,40 @@
-"""CPU GEMMs against a fixed weight, through oneDNN's prepacked (blocked) weight layout.
+"""CPU GEMMs against a fixed weight, with the weight repacked once for the kernel that runs them.
 
-The recurrence multiplies a few rows by the same large weight at every step (original model:
-[B, 512] x [512, 16384]). With the weight prepacked once, oneDNN runs these about 3x faster than
-the plain MKL GEMM on the 2-core x86 machines we measure on, and the large input-projection and
-highway GEMMs about 2x faster (bench/NOTES.md, "CPU reference path").
-Falls back to torch.mm wherever the packed op is missing, fails its first-use check, or the
-tensors are not CPU float32 without grad.
+`linear_fn`: oneDNN's prepacked (blocked) weight layout. The recurrence multiplies a few rows by the
+same large weight at every step (original model: [B, 512] x [512, 16384]); with the weight prepacked
+once, oneDNN runs these about 3x faster than the plain MKL GEMM on the 2-core x86 machines we
+measure on, and the large input-projection and highway GEMMs about 2x faster (bench/NOTES.md, "CPU
+reference path"). Falls back to torch.mm wherever the packed op is missing, fails its first-use
+check, or the tensors are not CPU float32 without grad.
+
+`few_rows_fn`: the recurrence's two GEMMs per step on one thread, through our AVX2 kernel
+(csrc/cpu/few_rows_gemm.cpp, elmo_fast._cpu_kernels) where it is built and the CPU runs it: 1.2-2x
+oneDNN's speed at 1-32 rows on one core (bench/NOTES.md, issue 12, third session); `linear_fn`
+otherwise. Its reference is `x @ w.t()`.
 """
 from __future__ import annotations
 
 import weakref
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-_CACHE: Dict[Tuple[int, bool], Tuple[weakref.ref, int, torch.Tensor]] = {}
-_STATUS = {"usable": None}
+from .._support import one_thread
+
+_CACHE: Dict[Tuple[int, str], Tuple[weakref.ref, int, torch.Tensor]] = {}
+_STATUS: Dict[str, Optional[bool]] = {"usable": None}
+_KERNELS: Dict[str, Any] = {}
+
+
+def _packed(w: torch.Tensor, layout: str, pack: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """pack(w), made once per (tensor, layout, version): repacked when the weight changes in place
+    (version) or a new tensor reuses the id; dropped with the weight."""
+    key = (id(w), layout)
+    hit = _CACHE.get(key)
+    if hit is None or hit[0]() is not w or hit[1] != w._version:
+        _CACHE[key] = (weakref.ref(w, lambda _ref, k=key: _CACHE.pop(k, None)), w._version, pack(w))
+        hit = _CACHE[key]
+    return hit[2]
 
 
 def _packed_op_usable() -> bool:
@@ -45,14 +64,69 @@ def linear_fn(w: torch.Tensor, bias: Optional[torch.Tensor] = None, *,
         if bias is None:
             return lambda x: torch.mm(x, wt)
         return lambda x: torch.addmm(bias, x, wt)
-    key = (id(w), in_out)
-    hit = _CACHE.get(key)
-    if hit is None or hit[0]() is not w or hit[1] != w._version:
-        # repacked when the weight changes in place (version) or a new tensor reuses the id
-        packed = torch.ops.mkldnn._reorder_linear_weight((w.t() if in_out else w).contiguous(), 32)
-        _CACHE[key] = (weakref.ref(w, lambda _ref, k=key: _CACHE.pop(k, None)), w._version, packed)
-        hit = _CACHE[key]
-    packed = hit[2]
+    def pack(w):
+        return torch.ops.mkldnn._reorder_linear_weight((w.t() if in_out else w).contiguous(), 32)
+    packed = _packed(w, "onednn_in_out" if in_out else "onednn", pack)
     b = None if bias is None else bias.contiguous()
     return lambda x: torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, b, "none", [], "")
 
+
+def cpu_kernels():
+    """The elmo_fast._cpu_kernels module when it is built and this CPU runs it (AVX2 + FMA), else None."""
+    if "module" not in _KERNELS:
+        try:
+            from .. import _cpu_kernels as mod
+            _KERNELS["module"] = mod if mod.supported() else None
+            _KERNELS["why"] = "built" if mod.supported() else "built, but this CPU lacks AVX2/FMA"
+        except ImportError as exc:  # not built (no compiler at install time, not x86-64)
+            _KERNELS["module"], _KERNELS["why"] = None, f"not built ({exc})"
+    return _KERNELS["module"]
+
+
+def cpu_kernels_status() -> str:
+    """One line for records and `elmo-fast info`: whether the CPU kernels run here, and why not."""
+    cpu_kernels()
+    return _KERNELS["why"]
+
+
+def pack_panels(w: torch.Tensor, panel: int = 16) -> torch.Tensor:
+    """w [N, K] -> [ceil(N / panel), K, panel] with out[p, k, j] = w[panel * p + j, k] (zero columns
+    past N): the few-rows kernel's weight layout, each panel one contiguous stream."""
+    N, K = w.shape
+    padded = w.new_zeros(-(-N // panel) * panel, K)
+    padded[:N] = w
+    return padded.view(-1, panel, K).transpose(1, 2).contiguous()
+
+
+def few_rows_fn(w: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """Returns f with f(x, out, accumulate=False): out = x @ w.t(), or out += x @ w.t() when
+    accumulate, for w [N, K], x [n, K] and out [n, N] (rows may be strided, elements contiguous;
+    out must not overlap x). Meant for a few rows (the recurrence: n = the rows still running) on
+    ONE thread: our kernel when it runs here, the thread count is 1 and the tensors are CPU float32
+    without grad; `linear_fn(w)` otherwise. Returns out."""
+    mod = cpu_kernels()
+    needs_grad = torch.is_grad_enabled() and w.requires_grad
+    if (mod is None or w.device.type != "cpu" or w.dtype != torch.float32 or needs_grad or w.is_inference()
+            or w.dim() != 2 or torch.get_num_threads() != 1):
+        linear = linear_fn(w)
+
+        def fallback(x, out, accumulate=False):
+            y = linear(x)
+            with one_thread(out.device):   # a pass over [n, N]: see one_thread
+                return out.add_(y) if accumulate else out.copy_(y)
+        return fallback
+    wp = _packed(w, "panels", lambda w: pack_panels(w.detach(), mod.PANEL))
+    N, K = w.shape
+
+    def run(x, out, accumulate=False):
+        n = x.shape[0]
+        if (x.dtype != torch.float32 or out.dtype != torch.float32 or x.device.type != "cpu"
+                or out.device.type != "cpu" or x.dim() != 2 or out.dim() != 2 or x.shape[1] != K
+                or tuple(out.shape) != (n, N) or (n > 1 and (x.stride(0) < K or out.stride(0) < N))
+                or (K > 1 and x.stride(1) != 1) or (N > 1 and out.stride(1) != 1)):
+            raise ValueError(f"few_rows_fn: x {tuple(x.shape)} {x.dtype} strides {x.stride()}, out "
+                             f"{tuple(out.shape)} {out.dtype} strides {out.stride()} for a weight [{N}, {K}]")
+        mod.gemm(x.data_ptr(), n, K, max(K, x.stride(0)), wp.data_ptr(), N, out.data_ptr(),
+                 max(N, out.stride(0)), accumulate)
+        return out
+    return run

@@ -16,7 +16,12 @@ from typing import List, Optional, Tuple
 import torch
 
 from .._support import one_thread, op_label
-from ._cpu_gemm import linear_fn
+from . import _workspace
+from ._cpu_gemm import few_rows_fn, linear_fn
+
+
+# output of one input-projection GEMM call (see lstm_layer_inputs_ref)
+PROJECTION_BLOCK_BYTES = 8 << 20
 
 
 def reverse_index(lengths: torch.Tensor, T: int) -> torch.Tensor:
@@ -107,8 +112,11 @@ def _packing(lens: torch.Tensor, T: int, reverse: bool, dev: torch.device):
 def _lstm_packed(xproj, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
     """No-grad recurrence over length-sorted, time-major packed rows, in preallocated buffers."""
     B, T, G = xproj.shape
-    gather = lambda flat: xproj.reshape(B * T, G).index_select(0, flat)  # noqa: E731  [N, 4C] (a copy)
-    return _run_packed(xproj, gather, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse)
+
+    def gather(flat, out):                                                  # [N, 4C] (a copy)
+        return torch.index_select(xproj.reshape(B * T, G), 0, flat, out=out)
+
+    return _run_packed(xproj, G, gather, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse)
 
 
 def lstm_layer_inputs_ref(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor, w_hh: torch.Tensor,
@@ -123,16 +131,27 @@ def lstm_layer_inputs_ref(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tenso
     `lstm_layer_ref(project(x, ...), ...)` up to GEMM rounding order. Returns (out, h_T, c_T) as it."""
     B, T, D = x.shape
 
-    def project_packed(flat):
+    def project_packed(flat, out):
         rows = x.reshape(B * T, D).index_select(0, flat)                   # [N, D]
+        linear = linear_fn(w_ih, bias)
         with op_label("input_projection"):
-            return linear_fn(w_ih, bias)(rows)                              # [N, 4C], the gates' input part
+            # into the reused gate buffer, PROJECTION_BLOCK_BYTES of output at a time: oneDNN's GEMM
+            # has no out=, and a block that size is reused from the heap where the whole [N, 4C]
+            # would be a fresh mmap (page faults) every call. Not MKL's addmm(out=): its rounding
+            # depends on the row count, oneDNN's does not, so time chunks and batch composition
+            # leave a sentence's vectors bit-identical.
+            step = max(1, PROJECTION_BLOCK_BYTES // (out.shape[1] * out.element_size()))
+            for a in range(0, out.shape[0], step):
+                out[a : a + step].copy_(linear(rows[a : a + step]))       # the gates' input part
+            return out
 
-    return _run_packed(x, project_packed, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse)
+    return _run_packed(x, w_ih.shape[0], project_packed, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip,
+                       reverse)
 
 
-def _run_packed(src, packed_input, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
-    """src [B, T, *] (its shape, dtype and device), packed_input(flat) -> the packed gate inputs [N, 4C]."""
+def _run_packed(src, G, packed_input, w_hh, w_p, lengths, h0, c0, cell_clip, proj_clip, reverse):
+    """src [B, T, *] (its shape, dtype and device), G = 4C, packed_input(flat, out) writes the packed
+    gate inputs into out [N, 4C] (a buffer borrowed from `_workspace`) and returns it."""
     B, T = src.shape[:2]
     P = w_p.shape[0]
     out = torch.zeros(B * T, P, dtype=src.dtype, device=src.device)
@@ -140,9 +159,11 @@ def _run_packed(src, packed_input, w_hh, w_p, lengths, h0, c0, cell_clip, proj_c
     if B == 0 or T == 0 or int(lens.max()) == 0:
         return out.view(B, T, P), h0, c0
     packing = _packing(lens, T, reverse, src.device)
-    packed_x = packed_input(packing[3])
-    with op_label("lstm_layer"):
-        return _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, out, T)
+    N = packing[3].numel()
+    with _workspace.borrow(N * G, src.dtype, src.device) as scratch:
+        packed_x = packed_input(packing[3], scratch.view(N, G))
+        with op_label("lstm_layer"):
+            return _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, out, T)
 
 
 def _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, out, T):
@@ -158,7 +179,8 @@ def _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, ou
     c = c0.index_select(0, order_d).to(dt)                                  # [B, C], updated in place
     h_prev = h0.index_select(0, order_d).to(dt)
     cell_out = torch.empty(B, C, dtype=dt, device=dev)
-    recurrent, project = linear_fn(w_hh), linear_fn(w_p)
+    # out (+)= x @ w^T for the running rows: our one-thread kernel where it runs (see _cpu_gemm)
+    recurrent, project = few_rows_fn(w_hh), few_rows_fn(w_p)
 
     off = 0
     for t in range(T):
@@ -166,9 +188,9 @@ def _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, ou
         if n == 0:
             break
         g_n = packed_x[off : off + n]       # our own copy: the gates are computed in place
-        r = recurrent(h_prev[:n])
+        with op_label("recurrent_gemm"):
+            recurrent(h_prev[:n], g_n, accumulate=True)   # g_n += h_prev @ w_hh^T
         with one_thread(dev):              # the element-wise cell update: see _one_thread
-            g_n.add_(r)
             g_n[:, : 2 * C].sigmoid_()      # i, f
             g_n[:, 2 * C : 3 * C].tanh_()   # g
             g_n[:, 3 * C :].sigmoid_()      # o
@@ -178,8 +200,8 @@ def _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, ou
                 c_n.clamp_(-cell_clip, cell_clip)
             co = torch.tanh(c_n, out=cell_out[:n])
             co.mul_(g_n[:, 3 * C :])
-        h_n = packed_h[off : off + n]
-        h_n.copy_(project(co))
+        with op_label("cell_projection"):
+            h_n = project(co, packed_h[off : off + n])
         if proj_clip is not None:
             h_n.clamp_(-proj_clip, proj_clip)
         h_prev = h_n                        # the next step's running rows are a prefix of these
