@@ -14,11 +14,14 @@ interleaved (ours, allennlp, allennlp, ours, ...), so machine noise hits both.
             seen the same calls, so their outputs are compared on the last repetition too
 
 The same run measures the fp32 GEMM ceiling (a 2048^3 torch.mm at the thread count used, median and
-best of several calls) and counts the FLOPs of each batch (`elmo_fast.bench.batch_flops`: char CNN,
-highway, projection, LSTM input projections, recurrent GEMMs and cell projections of the real
-positions, <S> and </S> included): each row reports the model FLOP rate of both implementations as a
-fraction of the ceiling (the same count for both, so the fractions compare like tokens/s) and the
-fraction of what our path executes (it encodes distinct tokens only). Tokens are real tokens.
+best of several calls: once at the start, and for each row between its timed rounds, the row's
+fraction taken against the latter, since these VMs drift) and counts the FLOPs of each batch
+(`elmo_fast.bench.batch_flops`: char CNN, highway, projection, LSTM input projections, recurrent
+GEMMs and cell projections of the real positions, <S> and </S> included): each row reports the model
+FLOP rate of both implementations as a fraction of the ceiling (the same count for both, so the
+fractions compare like tokens/s) and the fraction of what our path executes (it encodes distinct
+tokens only). Tokens are real tokens. The record's environment says whether the recurrence ran on
+our CPU kernel (`cpu_kernels`).
 
     python bench/bench_cpu.py --batches 1,8,32,128 --json PATH     # the record (quiet machine)
     python bench/bench_cpu.py --profile --batches 32                 # time per op, threads 1 and 2
@@ -135,22 +138,51 @@ def ours_call(opath: str, wpath: str, stateful: bool):
     return m, call
 
 
-def time_pair(calls: Dict[str, Any], ids, reps: int, before: Dict[str, Any]) -> Dict[str, List[float]]:
-    """Wall seconds of `reps` interleaved calls of each; before[k]() runs untimed before each call."""
+def time_pair(calls: Dict[str, Any], ids, reps: int, before: Dict[str, Any],
+              ceiling_probe=None) -> Dict[str, List[float]]:
+    """Wall seconds of `reps` interleaved calls of each; before[k]() runs untimed before each call;
+    ceiling_probe (a CeilingProbe), when given, takes its samples between the rounds."""
     times: Dict[str, List[float]] = {k: [] for k in calls}
     for r in range(reps):
+        if ceiling_probe is not None:
+            ceiling_probe.sample()
         for k in (list(calls) if r % 2 == 0 else list(reversed(list(calls)))):
             before.get(k, lambda: None)()
             t = time.perf_counter()
             calls[k](ids)
             times[k].append(time.perf_counter() - t)
+    if ceiling_probe is not None:
+        ceiling_probe.sample()
     return times
+
+
+class CeilingProbe:
+    """The GEMM ceiling sampled between the timed rounds of one row (the same 2048^3 torch.mm as
+    `ceiling`, two calls per sample): these VMs' speed drifts by up to 2x within minutes (issue 12,
+    third session: 80-161 GFLOP/s in one run), so each row's fraction is taken against the ceiling
+    measured while that row ran, not once at the start."""
+
+    def __init__(self, quick: bool):
+        n = 512 if quick else 2048
+        self.n = n
+        self.a, self.b = torch.randn(n, n), torch.randn(n, n)
+        self.rates: List[float] = []
+        self.a @ self.b                                      # first call: threads woken, pages touched
+
+    def sample(self) -> None:
+        for _ in range(2):
+            t = time.perf_counter()
+            self.a @ self.b
+            self.rates.append(2.0 * self.n ** 3 / (time.perf_counter() - t))
+
+    def summary(self) -> Dict[str, Any]:
+        return {"n": self.n, "threads": torch.get_num_threads(), "samples_flops_per_s": self.rates,
+                "flops_per_s": statistics.median(self.rates), "flops_per_s_best": max(self.rates)}
 
 
 def run_compare(args) -> Dict[str, Any]:
     opath, wpath, options = build(args.arch, args.seed)
-    ceil = ceiling(args.quick)
-    rate = ceil["flops_per_s"]
+    ceil = ceiling(args.quick)              # once at the start; each row's fraction uses its own probe
     allen = B.load_allennlp()
     theirs, call_theirs = B.build_variant("allennlp", opath, wpath, torch.device("cpu"), allen)
     rows, ok = [], True
@@ -165,7 +197,11 @@ def run_compare(args) -> Dict[str, Any]:
             err = B.compare(rep_a, rep_b, mask_a)
             same_mask = bool(torch.equal(mask_a.long(), mask_b.long()))
             before = {"allennlp": (lambda: B.reset_allennlp_states(theirs))} if mode == "stateless" else {}
-            times = time_pair({"elmo_fast": call_ours, "allennlp": call_theirs}, batch.ids, args.reps, before)
+            probe = CeilingProbe(args.quick)
+            times = time_pair({"elmo_fast": call_ours, "allennlp": call_theirs}, batch.ids, args.reps, before,
+                              probe)
+            row_ceiling = probe.summary()
+            rate = row_ceiling["flops_per_s"]
             if mode == "stateful":                          # same history on both sides: compare again
                 err_last = B.compare(call_ours(batch.ids)[0], call_theirs(batch.ids)[0], mask_a)
             else:
@@ -180,6 +216,7 @@ def run_compare(args) -> Dict[str, Any]:
                    "tokens_per_s_best": {k: batch.tokens / v for k, v in best.items()},
                    "ratio": med["allennlp"] / med["elmo_fast"],
                    "ratio_best": best["allennlp"] / best["elmo_fast"],
+                   "ceiling": row_ceiling,
                    "fraction_of_ceiling": {k: f["model"]["total"] / v / rate for k, v in med.items()},
                    "executed_fraction_of_ceiling": f["executed"]["total"] / med["elmo_fast"] / rate,
                    "first_call_error": err, "last_call_error": err_last, "masks_equal": same_mask}
@@ -190,6 +227,8 @@ def run_compare(args) -> Dict[str, Any]:
                   f"{tps['elmo_fast']:8.1f} tok/s ({fr['elmo_fast']:5.1%} of ceiling, executed "
                   f"{row['executed_fraction_of_ceiling']:5.1%}), allennlp {tps['allennlp']:8.1f} "
                   f"({fr['allennlp']:5.1%}); ratio {row['ratio']:.2f}x ({row['ratio_best']:.2f}x best); "
+                  f"ceiling while it ran {rate / 1e9:.0f} GFLOP/s "
+                  f"({min(probe.rates) / 1e9:.0f}-{max(probe.rates) / 1e9:.0f}); "
                   f"max abs diff {err['max_abs']:.1e} / {err_last['max_abs']:.1e}", flush=True)
         del ours
     return {"ceiling": ceil, "rows": rows, "ok": ok}

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import pathlib
+import statistics
 
 import pytest
 import torch
@@ -232,10 +233,15 @@ def test_bench_cpu_quick_records_fractions_and_agreement(tmp_path, monkeypatch):
     assert _bench_cpu().main(["--quick", "--batches", "2", "--json", str(out)]) == 0
     rec = json.loads(out.read_text())
     assert rec["arch"] == "tiny" and rec["environment"]["torch"] == torch.__version__
-    assert {"date", "commit", "cpu", "torch_threads"} <= set(rec["environment"])
+    assert {"date", "commit", "cpu", "torch_threads", "cpu_kernels"} <= set(rec["environment"])
     assert [(r["mode"], r["batch"]) for r in rec["rows"]] == [("stateless", 2), ("stateful", 2)]
-    ceil = rec["ceiling"]["flops_per_s"]
+    assert rec["ceiling"]["flops_per_s"] > 0
     for r in rec["rows"]:
+        # each row against the ceiling sampled while it ran: 2 calls before each round and after the last
+        samples = r["ceiling"]["samples_flops_per_s"]
+        assert len(samples) == 2 * (rec["reps"] + 1) and min(samples) > 0
+        ceil = r["ceiling"]["flops_per_s"]
+        assert ceil == pytest.approx(statistics.median(samples))
         med = sorted(r["times_s"]["elmo_fast"])[len(r["times_s"]["elmo_fast"]) // 2]
         want = r["flops"]["model"]["total"] / med / ceil
         assert r["fraction_of_ceiling"]["elmo_fast"] == pytest.approx(want)

@@ -113,6 +113,8 @@ def environment(device: torch.device) -> Dict[str, Any]:
     else:
         env["gpu"] = None
         env["driver"] = None
+    from ..reference._cpu_gemm import cpu_kernels_status
+    env["cpu_kernels"] = cpu_kernels_status()   # the recurrence's CPU GEMM: our kernel, or oneDNN
     try:
         from importlib import metadata
         env["elmo_fast"] = metadata.version("elmo_fast")
