@@ -262,6 +262,8 @@ def test_info_text_and_json(capsys):
     assert info["torch"] == torch.__version__ and info["cuda"]["available"] == torch.cuda.is_available()
     assert "ELMO_FAST_BACKEND" in info["env"] and "TRITON_INTERPRET" in info["env"]
     assert isinstance(info["cuda_extension"], dict) and info["cuda_extension"]
+    from elmo_fast.reference._cpu_gemm import cpu_kernels_status
+    assert info["cpu_kernels"] == cpu_kernels_status() and info["cpu_kernels"]
 
 
 def test_info_reports_a_bad_backend_setting(capsys, monkeypatch):

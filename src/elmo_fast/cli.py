@@ -392,6 +392,8 @@ def collect_info(device: Optional[str] = None, dtype: str = "fp32", arch: str = 
         info["op_check"] = {"device": str(device or _default_device()), "dtype": dtype, "arch": arch}
         info["ops"] = _check_ops(device, dtype, arch)
     info["cuda_extension"] = _extension_info()
+    from .reference._cpu_gemm import cpu_kernels_status
+    info["cpu_kernels"] = cpu_kernels_status()
     return info
 
 
@@ -455,6 +457,7 @@ def format_info(info: Dict[str, Any]) -> str:
     for k in ("detail", "how"):
         if ext.get(k):
             lines.append(f"  {k}: {ext[k]}")
+    lines.append(f"CPU kernels (the LSTM recurrence's GEMMs; else oneDNN): {info['cpu_kernels']}")
     return "\n".join(lines)
 
 
