@@ -1,0 +1,30 @@
+"""bench/bench_pipeline.py e2e, at tiny sizes: both jobs run, their times are recorded and the
+speed-up is the ratio of the medians (plumbing only; the figures are benchmarks, not tests)."""
+import importlib.util
+import json
+import pathlib
+import statistics
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _bench_pipeline():
+    spec = importlib.util.spec_from_file_location("bench_pipeline", ROOT / "bench" / "bench_pipeline.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_e2e_quick_records_both_jobs(tmp_path):
+    out = tmp_path / "e2e.json"
+    assert _bench_pipeline().main(["e2e", "--quick", "--dir", str(tmp_path), "--json", str(out)]) in (0, None)
+    rows = json.loads(out.read_text())["rows"]
+    ours = next(r for r in rows if r["impl"] == "elmo_fast")
+    assert ours["tokens"] > 0 and len(ours["times_s"]) == 1 and ours["seconds"] == ours["times_s"][0]
+    theirs = next(r for r in rows if r["impl"] == "allennlp")
+    if "skipped" in theirs:
+        pytest.skip(theirs["skipped"])
+    assert theirs["speedup"] == pytest.approx(statistics.median(theirs["times_s"]) / ours["seconds"])
