@@ -43,9 +43,9 @@ class BuildPyWithSources(build_py):
 
 
 # ---------------------------------------------------------------------------------------------
-# CPU extension elmo_fast._cpu_kernels (csrc/cpu/): the LSTM recurrence's few-rows GEMM (AVX2 + FMA,
-# chosen at run time). Optional: without a C++ compiler, or off x86-64, the install goes on and the
-# reference path uses oneDNN for those GEMMs (elmo_fast.reference._cpu_gemm).
+# CPU extension elmo_fast._cpu_kernels (csrc/cpu/): the LSTM recurrence's few-rows GEMM and fused
+# cell update (AVX2 + FMA, chosen at run time). Optional: without a C++ compiler, or off x86-64, the
+# install goes on and the reference path uses oneDNN and torch ops there (elmo_fast.reference).
 #   ELMO_FAST_BUILD_CPU=0  skip;  =1  required (fail on a compile error);  unset  try, warn on failure.
 # ---------------------------------------------------------------------------------------------
 CPU_EXT = "elmo_fast._cpu_kernels"
@@ -54,7 +54,8 @@ CPU_EXT = "elmo_fast._cpu_kernels"
 def _cpu_extension():
     import pybind11  # a build requirement (pyproject.toml)
 
-    return Extension(CPU_EXT, sources=["csrc/cpu/few_rows_gemm.cpp"], include_dirs=[pybind11.get_include()],
+    sources = [f"csrc/cpu/{n}" for n in ("module.cpp", "few_rows_gemm.cpp", "lstm_cell.cpp")]
+    return Extension(CPU_EXT, sources=sources, include_dirs=[pybind11.get_include()],
                      language="c++", extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden"])
 
 

@@ -136,3 +136,83 @@ def test_few_rows_fn_falls_back_for_grad_and_other_dtypes():
     with one_thread(torch.device("cpu")):
         y = _cpu_gemm.few_rows_fn(wg)(x.float(), torch.empty(3, 16))
     assert_close(y.detach(), (x @ wg.detach().double().t()).float())
+
+
+# ------------------------------------------------------------------ the fused cell update (lstm_cell.cpp)
+def _cell_fp64(gates, c, cell_clip):
+    g, c = gates.double(), c.double()
+    C = c.shape[1]
+    i, f = g[:, :C].sigmoid(), g[:, C:2 * C].sigmoid()
+    gg, o = g[:, 2 * C:3 * C].tanh(), g[:, 3 * C:].sigmoid()
+    c = f * c + i * gg
+    if cell_clip is not None:
+        c = c.clamp(-cell_clip, cell_clip)
+    return c, o * c.tanh()
+
+
+@needs_kernel
+@pytest.mark.parametrize("n", [1, 3, 8])
+@pytest.mark.parametrize("C", [1, 7, 8, 9, 40])
+@pytest.mark.parametrize("cell_clip", [None, 0.7], ids=["noclip", "clip"])
+@pytest.mark.parametrize("scale", [1.0, 30.0], ids=["unit", "saturating"])
+def test_cell_update_matches_fp64(n, C, cell_clip, scale):
+    from elmo_fast.reference._cpu_cell import cell_update_fn
+
+    g = torch.Generator().manual_seed(n * 100 + C)
+    # gates as rows of a wider buffer (row stride > 4C, as a slice of the packed gates may be)
+    gates = (torch.randn(n, 4 * C + 3, generator=g) * scale)[:, : 4 * C]
+    c = torch.randn(n, C, generator=g) * (3.0 if scale > 1 else 1.0)
+    want_c, want_out = _cell_fp64(gates, c, cell_clip)
+    out = torch.full((n, C), float("nan"))
+    with one_thread(torch.device("cpu")):
+        fn = cell_update_fn(torch.device("cpu"), torch.float32)
+        assert fn.__name__ == "run", "the kernel was not chosen on one thread"
+        got = fn(gates, c, out, cell_clip)
+    assert got.data_ptr() == out.data_ptr()
+    assert_close(c, want_c.float(), msg="c")
+    assert_close(out, want_out.float(), msg="out")
+
+
+@needs_kernel
+def test_cell_update_is_used_by_the_recurrence_and_matches_the_torch_ops():
+    # the same packed recurrence with the kernel and with the reference update: fp32 rounding apart
+    from elmo_fast.reference import _cpu_cell, lstm
+
+    B, T, C, P = 4, 9, 24, 8
+    x = torch.randn(B, T, 4 * C)
+    w_hh, w_p = torch.randn(4 * C, P) / P ** 0.5, torch.randn(P, C) / C ** 0.5
+    L, h0, c0 = torch.tensor([9, 4, 1, 7]), torch.randn(B, P), torch.randn(B, C)
+    used = []
+    real = _cpu_cell.cell_update_fn
+
+    def spy(device, dtype):
+        fn = real(device, dtype)
+        used.append(fn.__name__)
+        return fn
+
+    with torch.no_grad(), one_thread(torch.device("cpu")):
+        lstm.cell_update_fn = spy
+        try:
+            got = lstm._lstm_packed(x, w_hh, w_p, L, h0, c0, 1.5, 1.5, False)
+        finally:
+            lstm.cell_update_fn = real
+        lstm.cell_update_fn = lambda device, dtype: _cpu_cell.cell_update_ref
+        try:
+            ref = lstm._lstm_packed(x, w_hh, w_p, L, h0, c0, 1.5, 1.5, False)
+        finally:
+            lstm.cell_update_fn = real
+    assert used == ["run"]
+    for a, b, name in zip(got, ref, ("out", "h_T", "c_T")):
+        assert_close(a, b, msg=name)
+
+
+@needs_kernel
+def test_cell_update_rejects_bad_rows():
+    from elmo_fast.reference._cpu_cell import cell_update_fn
+
+    with one_thread(torch.device("cpu")):
+        fn = cell_update_fn(torch.device("cpu"), torch.float32)
+        with pytest.raises(ValueError, match="cell_update"):
+            fn(torch.randn(2, 15), torch.randn(2, 4), torch.empty(2, 4), None)   # gates not 4C wide
+        with pytest.raises(ValueError, match="cell_update"):
+            fn(torch.randn(2, 16), torch.randn(4, 2).t(), torch.empty(2, 4), None)  # strided elements

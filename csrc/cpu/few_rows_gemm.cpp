@@ -1,4 +1,4 @@
-// pybind11 module elmo_fast._cpu_kernels: the CPU GEMM of the LSTM recurrence, out (+)= x @ W^T for
+// The CPU GEMM of the LSTM recurrence (part of elmo_fast._cpu_kernels, see module.cpp), out (+)= x @ W^T for
 // a few rows x [n, K] (n ~ 1..64) against a large fixed weight W [N, K], on ONE thread.
 //
 // Why: the recurrence multiplies the running rows by W_hh [4C, P] and W_p [P, C] at every step
@@ -31,7 +31,13 @@
 
 namespace py = pybind11;
 
+namespace elmo_fast_cpu {
+bool cpu_supported();  // module.cpp
+}
+
 namespace {
+
+using elmo_fast_cpu::cpu_supported;
 
 constexpr int NR = 16;     // output columns per panel (two 8-wide vectors)
 constexpr int MR = 6;      // rows per micro-kernel tile
@@ -91,15 +97,6 @@ using TileFn = void (*)(const float*, int64_t, const float*, int64_t, float*, in
                        const float*);
 constexpr TileFn TILES[MR + 1] = {nullptr, tile<1>, tile<2>, tile<3>, tile<4>, tile<5>, tile<6>};
 
-bool cpu_supported() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
-#else
-
-bool cpu_supported() { return false; }
-
 #endif
 
 // out[n, N] (+)= x[n, K] @ W^T with W packed as described at the top; strides in elements.
@@ -140,11 +137,11 @@ void gemm(uintptr_t x_ptr, int64_t n, int64_t K, int64_t ldx, uintptr_t wp_ptr, 
 
 }  // namespace
 
-PYBIND11_MODULE(_cpu_kernels, m) {
-  m.doc() = "elmo_fast CPU kernels: the LSTM recurrence's few-rows GEMM (see few_rows_gemm.cpp)";
+namespace elmo_fast_cpu {
+void register_gemm(py::module_& m) {
   m.attr("PANEL") = NR;
-  m.def("supported", &cpu_supported, "whether this CPU can run the kernels (AVX2 and FMA)");
   m.def("gemm", &gemm, py::arg("x"), py::arg("n"), py::arg("K"), py::arg("ldx"), py::arg("wp"), py::arg("N"),
         py::arg("out"), py::arg("ldc"), py::arg("accumulate"),
         "out[n, N] (+)= x[n, K] @ W^T, W packed in panels of 16 columns; raw float32 pointers, element strides");
 }
+}  // namespace elmo_fast_cpu

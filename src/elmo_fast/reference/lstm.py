@@ -15,8 +15,9 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .._support import one_thread, op_label
+from .._support import op_label
 from . import _workspace
+from ._cpu_cell import cell_update_fn
 from ._cpu_gemm import few_rows_fn, linear_fn
 
 
@@ -181,6 +182,7 @@ def _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, ou
     cell_out = torch.empty(B, C, dtype=dt, device=dev)
     # out (+)= x @ w^T for the running rows: our one-thread kernel where it runs (see _cpu_gemm)
     recurrent, project = few_rows_fn(w_hh), few_rows_fn(w_p)
+    cell = cell_update_fn(dev, dt)         # the element-wise update: our fused kernel, or torch ops
 
     off = 0
     for t in range(T):
@@ -190,16 +192,7 @@ def _recur_packed(packed_x, w_hh, w_p, h0, c0, cell_clip, proj_clip, packing, ou
         g_n = packed_x[off : off + n]       # our own copy: the gates are computed in place
         with op_label("recurrent_gemm"):
             recurrent(h_prev[:n], g_n, accumulate=True)   # g_n += h_prev @ w_hh^T
-        with one_thread(dev):              # the element-wise cell update: see _one_thread
-            g_n[:, : 2 * C].sigmoid_()      # i, f
-            g_n[:, 2 * C : 3 * C].tanh_()   # g
-            g_n[:, 3 * C :].sigmoid_()      # o
-            c_n = c[:n]
-            c_n.mul_(g_n[:, C : 2 * C]).addcmul_(g_n[:, :C], g_n[:, 2 * C : 3 * C])
-            if cell_clip is not None:
-                c_n.clamp_(-cell_clip, cell_clip)
-            co = torch.tanh(c_n, out=cell_out[:n])
-            co.mul_(g_n[:, 3 * C :])
+        co = cell(g_n, c[:n], cell_out[:n], cell_clip)   # c[:n] updated, co = o * tanh(c)
         with op_label("cell_projection"):
             h_n = project(co, packed_h[off : off + n])
         if proj_clip is not None:
