@@ -457,7 +457,8 @@ def format_info(info: Dict[str, Any]) -> str:
     for k in ("detail", "how"):
         if ext.get(k):
             lines.append(f"  {k}: {ext[k]}")
-    lines.append(f"CPU kernels (the LSTM recurrence's GEMMs; else oneDNN): {info['cpu_kernels']}")
+    lines.append(f"CPU kernels (the LSTM recurrence's GEMMs and cell update; else oneDNN, torch ops): "
+                 f"{info['cpu_kernels']}")
     return "\n".join(lines)
 
 
