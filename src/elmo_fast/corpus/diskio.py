@@ -62,6 +62,19 @@ class GuardedFile:
         self._pos += n
         return n
 
+    def write_at(self, offset: int, parts) -> None:
+        """Writes the buffers `parts` one after the other at `offset` (vector data that HDF5 gave an
+        address to, h5direct.py). Through the same file object as HDF5's own writes: same buffer
+        state, same failure handling."""
+        if self.failure is None:
+            try:
+                self.f.seek(offset)
+                for b in parts:
+                    self.f.write(b)
+            except OSError as e:
+                self._fail(e)
+        self._pos = offset + sum(memoryview(b).nbytes for b in parts)
+
     def read(self, n: int = -1) -> bytes:
         if self.failure is not None:
             return b""

@@ -323,7 +323,8 @@ class _Writer:
             k = len(self.manifest.pieces)
             tmp = _atomic.temporary_name(self.work.piece_path(k))
             out = H5Output(tmp, self.job.label)
-            self.piece = (out, make_writer(out.h5, self.job.spec, wo.start), tmp, wo.start, time.monotonic())
+            writer = make_writer(out.h5, self.job.spec, wo.start, out.guard)
+            self.piece = (out, writer, tmp, wo.start, time.monotonic())
         out, writer, _, _, opened = self.piece
         writer.add(wo)
         out.check()
