@@ -3,6 +3,7 @@ create_dataset writes, on the direct-call path and on the h5py fallback; failure
 are kept like HDF5's own writes (GuardedFile)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -63,43 +64,80 @@ def test_the_direct_path_is_found_on_linux():
     assert h5direct.libhdf5() is not None
 
 
-class _FailingFile:
-    def __init__(self, f):
-        self.f = f
-
-    def write(self, b):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-
-def test_a_failed_data_write_is_kept_and_later_writes_dropped(tmp_path):
+@pytest.mark.parametrize("behind", [False, True], ids=["inline", "behind"])
+def test_a_failed_data_write_is_kept_and_later_writes_dropped(tmp_path, monkeypatch, behind):
     path = tmp_path / "o.h5"
     out = H5Output(str(path), "the-output.h5")
     maker = h5direct.DatasetMaker(out.h5, out.guard, np.float32)
     maker.create(b"0", (2, 3), [np.ones((2, 3), np.float32)])
     out.check()
-    real = out.guard.f
-    out.guard.f = _FailingFile(real)
-    maker.create(b"1", (4, 3), [np.ones((4, 3), np.float32)])
+    real, calls = diskio.write_all_at, []
+
+    def full(f, parts, offset):
+        calls.append(offset)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(f, parts, offset)
+
+    monkeypatch.setattr(diskio, "write_all_at", full)
+    with maker.writes_behind() if behind else contextlib.nullcontext():
+        for k in range(1, 5):   # the first succeeds, the second fails, the others are not attempted
+            maker.create(str(k).encode(), (4, 3), [np.ones((4, 3), np.float32)])
+    assert len(calls) == 2
     assert isinstance(out.guard.failure, OSError) and out.guard.failure.errno == errno.ENOSPC
-    out.guard.f = real          # nothing is written after the first failure, even when it would work
-    size = os.path.getsize(path)
-    maker.create(b"2", (4000, 3), [np.ones((4000, 3), np.float32)])
-    assert os.path.getsize(path) == size
     with pytest.raises(OutputWriteError, match="no space left on device writing the-output.h5"):
         out.check()
     out.abort()
 
 
-def test_write_at_writes_the_parts_in_order(tmp_path):
+def test_an_unexpected_error_behind_is_raised_by_the_block(tmp_path, monkeypatch):
+    out = H5Output(str(tmp_path / "o.h5"), "o.h5")
+    maker = h5direct.DatasetMaker(out.h5, out.guard, np.float32)
+
+    def broken(f, parts, offset):
+        raise ValueError("a bug in the writer")
+
+    monkeypatch.setattr(diskio, "write_all_at", broken)
+    with pytest.raises(ValueError, match="a bug in the writer"):
+        with maker.writes_behind():
+            maker.create(b"0", (2, 3), [np.ones((2, 3), np.float32)])
+    out.abort()
+
+
+def test_writes_behind_are_done_when_the_block_ends(tmp_path):
+    """The window buffer is reused once add returns: every write must have landed by then."""
+    path = tmp_path / "o.h5"
+    out = H5Output(str(path), "o.h5")
+    maker = h5direct.DatasetMaker(out.h5, out.guard, np.float32)
+    buf = np.arange(300 * 64, dtype=np.float32).reshape(300, 64)
+    want = buf.copy()
+    with maker.writes_behind():
+        for k in range(100):
+            maker.create(str(k).encode(), (3, 64), [buf[3 * k:3 * k + 3]])
+    buf[:] = -1   # what the next window would do to the buffer
+    out.close()
+    with h5py.File(path, "r") as f:
+        for k in range(100):
+            np.testing.assert_array_equal(f[str(k)][...], want[3 * k:3 * k + 3])
+
+
+@pytest.mark.parametrize("most", [None, 3, 1], ids=["whole", "short-3", "short-1"])
+def test_write_at_writes_the_parts_in_order(tmp_path, monkeypatch, most):
+    """Also when the kernel takes fewer bytes than asked (a short write): the rest follows."""
+    real = os.pwritev
+
+    def short(fd, views, offset):
+        return real(fd, [bytes(b"".join(bytes(v) for v in views)[:most])], offset)
+
+    if most:
+        monkeypatch.setattr(diskio.os, "pwritev", short)
     path = tmp_path / "raw.bin"
     g = diskio.GuardedFile(str(path))
-    g.write(b"x" * 10)
-    g.write_at(2, [b"ab", memoryview(b"cd"), np.frombuffer(b"ef", np.uint8)])
+    g.write(b"x" * 12)
+    g.flush()   # (buffered bytes are HDF5's metadata: never where write_at writes)
+    g.write_at(2, [b"ab", memoryview(b"cde"), b"", np.frombuffer(b"fgh", np.uint8)])
     g.close()
-    assert path.read_bytes() == b"xxabcdefxx"
+    assert path.read_bytes() == b"xxabcdefghxx"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the library is found through /proc")

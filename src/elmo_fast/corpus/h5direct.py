@@ -8,8 +8,10 @@ through HDF5's selection machinery into the fileobj driver's Python callbacks. H
   lock held (h5py's rule: one HDF5 call at a time) and the GIL released, so the model stage and the
   feeder run during HDF5's metadata work;
 * its storage is allocated at creation (contiguous, `H5D_ALLOC_TIME_EARLY`, fill never), so its
-  file address is known, and its bytes are written there by `GuardedFile.write_at`, the same file
-  object HDF5 writes through (same failure handling), without passing through HDF5.
+  file address is known, and its bytes are written there by `GuardedFile.write_at` (pwritev, same
+  failure handling as HDF5's own writes), without passing through HDF5; inside
+  `with maker.writes_behind():` those writes run in a thread of their own, beside the next
+  creations (both without the GIL), and are all done when the block ends.
 
 Readers see the same datasets: contiguous, same shape, dtype and values; only the creation
 properties recorded with each dataset (allocation time, fill time) differ from h5py's defaults.
@@ -18,12 +20,15 @@ h5py's low-level API (slower, same file).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import queue
 import threading
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
+from h5py._objects import phil  # h5py's lock: one HDF5 call at a time
 
 _HADDR_UNDEF = (1 << 64) - 1
 _lib_lock = threading.Lock()
@@ -97,6 +102,22 @@ class DatasetMaker:
         self._dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)   # the address is known at creation
         self._dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)     # every byte is written by us
         self._spaces: Dict[Tuple[int, ...], object] = {}       # one dataspace per shape, reused
+        self._behind: Optional[_WritesBehind] = None
+
+    @contextlib.contextmanager
+    def writes_behind(self):
+        """Data writes of the datasets created in the block run in a thread; all done at its end
+        (so the arrays given to `create` may be reused after it)."""
+        self._behind = _WritesBehind(self.guard)
+        try:
+            yield self
+        except BaseException:
+            self._behind.close(raise_error=False)
+            raise
+        else:
+            self._behind.close()
+        finally:
+            self._behind = None
 
     def _space(self, shape: Tuple[int, ...]):
         import h5py
@@ -109,8 +130,6 @@ class DatasetMaker:
     def create(self, key: bytes, shape: Tuple[int, ...], parts: Sequence[np.ndarray]) -> None:
         """A dataset `key` of `shape` whose C-order bytes are those of `parts` one after the other
         (each C-contiguous, in the stored dtype)."""
-        from h5py._objects import phil
-
         space = self._space(shape)
         if self.lib is None:
             import h5py
@@ -128,5 +147,40 @@ class DatasetMaker:
                     raise RuntimeError(f"hdf5 could not create the dataset {name!r} in {self.guard.path}")
                 addr = lib.H5Dget_offset(d)
                 lib.H5Dclose(d)
-        if addr != _HADDR_UNDEF:   # an empty dataset has no storage
+        if addr == _HADDR_UNDEF:   # an empty dataset has no storage
+            return
+        if self._behind is not None:
+            self._behind.put(addr, parts)
+        else:
             self.guard.write_at(addr, parts)
+
+
+class _WritesBehind:
+    """One thread writing (address, parts) in order; an unexpected error is raised by close."""
+
+    def __init__(self, guard):
+        self.guard = guard
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name="elmo-h5-data", daemon=True)
+        self.thread.start()
+
+    def put(self, addr: int, parts) -> None:
+        self.q.put((addr, parts))
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self.guard.write_at(*item)   # OSError: kept in the guard, later writes dropped
+                except BaseException as e:  # noqa: BLE001 - raised in the creating thread by close
+                    self.error = e
+
+    def close(self, raise_error: bool = True) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if raise_error and self.error is not None:
+            raise self.error

@@ -134,17 +134,18 @@ class AllennlpWriter:
         spec = self.spec
         every = spec.output_format == "all"
         off = 0
-        for j, n in enumerate(w.lengths.tolist()):
-            i = w.start + j
-            if spec.pooled:
-                arr = w.data[:, j] if every else w.data[0, j]
-            else:
-                arr = w.data[:, off:off + n] if every else w.data[0, off:off + n]
-                off += n
-            key = w.text[j] if spec.use_sentence_keys else str(i)
-            self._create(key, arr)
-            if self.keep_index:
-                self.index[w.text[j]] = str(i)
+        with self.maker.writes_behind():   # w.data is given back when add returns: written by then
+            for j, n in enumerate(w.lengths.tolist()):
+                i = w.start + j
+                if spec.pooled:
+                    arr = w.data[:, j] if every else w.data[0, j]
+                else:
+                    arr = w.data[:, off:off + n] if every else w.data[0, off:off + n]
+                    off += n
+                key = w.text[j] if spec.use_sentence_keys else str(i)
+                self._create(key, arr)
+                if self.keep_index:
+                    self.index[w.text[j]] = str(i)
         self.n += len(w.lengths)
 
     def _create(self, key: str, arr: np.ndarray) -> None:
