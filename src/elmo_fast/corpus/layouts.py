@@ -148,6 +148,29 @@ class AllennlpWriter:
                     self.index[w.text[j]] = str(i)
         self.n += len(w.lengths)
 
+    def add_batch(self, w, j: int, out: np.ndarray) -> None:
+        """Batch j of window w (a batching.Window) straight from the model's output, out: [B, L_s, T, D]
+        float32 (row r: sentence w.batches[j][r]); `end_window` completes the window."""
+        every = self.spec.output_format == "all"
+        with self.maker.writes_behind():
+            for r, pos in enumerate(w.batches[j]):
+                n = int(w.lengths[pos])
+                self._create(self._key(w, pos), out[r, :, :n] if every else out[r, 0, :n])
+
+    def end_window(self, w) -> None:
+        """After all of w's batches: its sentences without tokens, the index, the count."""
+        empty = np.zeros((self.spec.num_layers, 0, self.spec.dim) if self.spec.output_format == "all"
+                         else (0, self.spec.dim), self.spec.storage_dtype)
+        for pos in np.flatnonzero(w.lengths == 0).tolist():
+            self._create(self._key(w, pos), empty)
+        if self.keep_index:
+            for j, text in enumerate(w.text):
+                self.index[text] = str(w.start + j)
+        self.n += len(w.lengths)
+
+    def _key(self, w, pos: int) -> str:
+        return w.text[pos] if self.spec.use_sentence_keys else str(w.start + pos)
+
     def _create(self, key: str, arr: np.ndarray) -> None:
         """arr: C-contiguous, or (all layers) [L, ...] whose rows arr[k] are (slices of the window)."""
         parts = (arr,) if arr.flags.c_contiguous else [np.ascontiguousarray(a) for a in arr]
