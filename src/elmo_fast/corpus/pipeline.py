@@ -14,7 +14,10 @@ Memory is bounded by the queues, never the corpus: the feeder holds one window o
 (tokens only) plus QUEUE batches of character ids; the model stage and the writer share at most
 three window buffers of outputs in the stored dtype (`WindowBuffers`: each the largest window's
 tokens x stored layers x D x itemsize); the model holds one batch, whose output tensors the token
-budget bounds: batch_tokens x (n_layers + 1) x D x 4 bytes for the activations.
+budget bounds: batch_tokens x (n_layers + 1) x D x 4 bytes for the activations. The allennlp layout
+on the CPU in float32 (`direct_batches`) has no window buffers: the writer takes each batch's output
+as the model returned it (at most QUEUE + 1 batches held), so a model must not reuse the tensors it
+returns (EmbedderModel returns fresh ones).
 """
 from __future__ import annotations
 
