@@ -8,7 +8,9 @@ and options (model_sha256, options), mode (stateful | stateless), warm_start, co
 allennlp (compatible, one hdf5 dataset per sentence): key str(i) (or the sentence itself with
   use_sentence_keys): [3, T, D] for all, [T, D] for top / average; pooled: [3, D] / [D];
   "sentence_to_index": shape (1,) vlen str, JSON {sentence: "i"} (last index of a repeat), unless
-  forget_sentences or use_sentence_keys. float32 values are those of allennlp's embed_file.
+  forget_sentences or use_sentence_keys. float32 values are those of allennlp's embed_file. Each
+  dataset is contiguous, its storage allocated at creation (h5direct.py: the only difference from
+  h5py's defaults a reader can see is in the dataset's creation properties).
 flat (fast): per stored layer one chunked dataset, "layer_0", "layer_1", "layer_2" for all, "top"
   or "average" otherwise: [total_tokens, D] (pooled: [n, D]); "offsets" [n + 1] int64 (sentence i is
   rows offsets[i] .. offsets[i+1] - 1; pooled files keep the offsets for the lengths); "lines" [n]
