@@ -36,6 +36,19 @@ def describe_failure(exc: OSError, output: str) -> OutputWriteError:
     return OutputWriteError(exc.errno or errno.EIO, f"cannot write {output}: {reason}")
 
 
+def write_all_at(f, parts, offset: int) -> None:
+    """os.pwritev of the buffers `parts` at `offset` in file f, continued after a short write."""
+    fd = f.fileno()
+    views = [v for v in (memoryview(b).cast("B") for b in parts) if len(v)]
+    while views:
+        n = os.pwritev(fd, views, offset)
+        offset += n
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if views and n:
+            views[0] = views[0][n:]
+
+
 class GuardedFile:
     """A binary file for h5py's fileobj driver. After the first failed write or flush it keeps
     `failure` (an OSError with the path) and ignores further writes, so HDF5 never sees an error."""
@@ -61,6 +74,16 @@ class GuardedFile:
                 self._fail(e)
         self._pos += n
         return n
+
+    def write_at(self, offset: int, parts) -> None:
+        """Writes the buffers `parts` one after the other at `offset` (vector data that HDF5 gave an
+        address to, h5direct.py), without the file position: safe in another thread beside HDF5's
+        own seeks and writes (other bytes of the file). A failure is kept like write's."""
+        if self.failure is None:
+            try:
+                write_all_at(self.f, parts, offset)
+            except OSError as e:
+                self._fail(e)
 
     def read(self, n: int = -1) -> bytes:
         if self.failure is not None:

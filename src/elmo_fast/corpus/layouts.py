@@ -8,7 +8,9 @@ and options (model_sha256, options), mode (stateful | stateless), warm_start, co
 allennlp (compatible, one hdf5 dataset per sentence): key str(i) (or the sentence itself with
   use_sentence_keys): [3, T, D] for all, [T, D] for top / average; pooled: [3, D] / [D];
   "sentence_to_index": shape (1,) vlen str, JSON {sentence: "i"} (last index of a repeat), unless
-  forget_sentences or use_sentence_keys. float32 values are those of allennlp's embed_file.
+  forget_sentences or use_sentence_keys. float32 values are those of allennlp's embed_file. Each
+  dataset is contiguous, its storage allocated at creation (h5direct.py: the only difference from
+  h5py's defaults a reader can see is in the dataset's creation properties).
 flat (fast): per stored layer one chunked dataset, "layer_0", "layer_1", "layer_2" for all, "top"
   or "average" otherwise: [total_tokens, D] (pooled: [n, D]); "offsets" [n + 1] int64 (sentence i is
   rows offsets[i] .. offsets[i+1] - 1; pooled files keep the offsets for the lengths); "lines" [n]
@@ -119,44 +121,62 @@ class WindowOut:
 
 
 class AllennlpWriter:
-    """One dataset per sentence (see the module doc)."""
+    """One dataset per sentence (see the module doc), made by h5direct.DatasetMaker: the bytes of
+    each go to the file straight from the window's array, with no copy for any format."""
 
-    def __init__(self, h5, spec: OutputSpec, first: int):
-        import h5py
+    def __init__(self, h5, spec: OutputSpec, first: int, guard):
+        from .h5direct import DatasetMaker
 
         self.f, self.spec, self.first, self.n = h5, spec, first, 0
         self.index: Dict[str, str] = {}
         self.keep_index = not (spec.forget_sentences or spec.use_sentence_keys)
-        # h5py's low-level calls: a third less time per dataset than Group.create_dataset
-        self._tid = h5py.h5t.py_create(np.dtype(spec.storage_dtype))
-        self._lcpl = h5py.h5p.create(h5py.h5p.LINK_CREATE)
-        self._lcpl.set_create_intermediate_group(True)   # sentence keys may hold '/'
-        self._lcpl.set_char_encoding(h5py.h5t.CSET_UTF8)
+        self.maker = DatasetMaker(h5, guard, spec.storage_dtype)
 
     def add(self, w: WindowOut) -> None:
         spec = self.spec
         every = spec.output_format == "all"
         off = 0
-        for j, n in enumerate(w.lengths.tolist()):
-            i = w.start + j
-            if spec.pooled:
-                arr = w.data[:, j] if every else w.data[0, j]
-            else:
-                arr = w.data[:, off:off + n] if every else w.data[0, off:off + n]
-                off += n
-            key = w.text[j] if spec.use_sentence_keys else str(i)
-            self._create(key, np.ascontiguousarray(arr))
-            if self.keep_index:
-                self.index[w.text[j]] = str(i)
+        with self.maker.writes_behind():   # w.data is given back when add returns: written by then
+            for j, n in enumerate(w.lengths.tolist()):
+                i = w.start + j
+                if spec.pooled:
+                    arr = w.data[:, j] if every else w.data[0, j]
+                else:
+                    arr = w.data[:, off:off + n] if every else w.data[0, off:off + n]
+                    off += n
+                key = w.text[j] if spec.use_sentence_keys else str(i)
+                self._create(key, arr)
+                if self.keep_index:
+                    self.index[w.text[j]] = str(i)
         self.n += len(w.lengths)
 
-    def _create(self, key: str, arr: np.ndarray) -> None:
-        import h5py
+    def add_batch(self, w, j: int, out: np.ndarray) -> None:
+        """Batch j of window w (a batching.Window) straight from the model's output, out: [B, L_s, T, D]
+        float32 (row r: sentence w.batches[j][r]); `end_window` completes the window."""
+        every = self.spec.output_format == "all"
+        with self.maker.writes_behind():
+            for r, pos in enumerate(w.batches[j]):
+                n = int(w.lengths[pos])
+                self._create(self._key(w, pos), out[r, :, :n] if every else out[r, 0, :n])
 
-        space = h5py.h5s.create_simple(arr.shape)
-        ds = h5py.h5d.create(self.f.id, key.encode("utf-8"), self._tid, space, lcpl=self._lcpl)
-        if arr.size:
-            ds.write(h5py.h5s.ALL, h5py.h5s.ALL, arr)
+    def end_window(self, w) -> None:
+        """After all of w's batches: its sentences without tokens, the index, the count."""
+        empty = np.zeros((self.spec.num_layers, 0, self.spec.dim) if self.spec.output_format == "all"
+                         else (0, self.spec.dim), self.spec.storage_dtype)
+        for pos in np.flatnonzero(w.lengths == 0).tolist():
+            self._create(self._key(w, pos), empty)
+        if self.keep_index:
+            for j, text in enumerate(w.text):
+                self.index[text] = str(w.start + j)
+        self.n += len(w.lengths)
+
+    def _key(self, w, pos: int) -> str:
+        return w.text[pos] if self.spec.use_sentence_keys else str(w.start + pos)
+
+    def _create(self, key: str, arr: np.ndarray) -> None:
+        """arr: C-contiguous, or (all layers) [L, ...] whose rows arr[k] are (slices of the window)."""
+        parts = (arr,) if arr.flags.c_contiguous else [np.ascontiguousarray(a) for a in arr]
+        self.maker.create(key.encode("utf-8"), arr.shape, parts)
 
     def finish(self) -> None:
         if self.keep_index:
@@ -272,5 +292,8 @@ class FlatWriter:
         self.f.attrs["total_tokens"] = self.tokens
 
 
-def make_writer(h5, spec: OutputSpec, first: int):
-    return (FlatWriter if spec.layout == "flat" else AllennlpWriter)(h5, spec, first)
+def make_writer(h5, spec: OutputSpec, first: int, guard):
+    """The layout's writer for h5, an h5py.File written through `guard` (a diskio.GuardedFile)."""
+    if spec.layout == "flat":
+        return FlatWriter(h5, spec, first)
+    return AllennlpWriter(h5, spec, first, guard)

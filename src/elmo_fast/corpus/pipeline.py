@@ -14,7 +14,10 @@ Memory is bounded by the queues, never the corpus: the feeder holds one window o
 (tokens only) plus QUEUE batches of character ids; the model stage and the writer share at most
 three window buffers of outputs in the stored dtype (`WindowBuffers`: each the largest window's
 tokens x stored layers x D x itemsize); the model holds one batch, whose output tensors the token
-budget bounds: batch_tokens x (n_layers + 1) x D x 4 bytes for the activations.
+budget bounds: batch_tokens x (n_layers + 1) x D x 4 bytes for the activations. The allennlp layout
+on the CPU in float32 (`direct_batches`) has no window buffers: the writer takes each batch's output
+as the model returned it (at most QUEUE + 1 batches held), so a model must not reuse the tensors it
+returns (EmbedderModel returns fresh ones).
 """
 from __future__ import annotations
 
@@ -294,9 +297,13 @@ class _Writer:
 
     def _take(self, w: Window, j: Optional[int], host, event, buf) -> None:
         """One batch of window w is done: its vectors are in `buf` (CPU) or in `host` (CUDA, copied
-        there without blocking; placed into buf here). The window is written once all are in."""
+        there without blocking; placed into buf here). The window is written once all are in.
+        buf None (`direct_batches`): host is the batch's own output [B, L_s, T, D], written now."""
         st = self.pending.setdefault(w.start, [0])
-        if host is not None:
+        if buf is None:
+            if host is not None:
+                self._piece_writer(w.start).add_batch(w, j, host.numpy())
+        elif host is not None:
             if event is not None:
                 event.synchronize()
             place(buf, w, j, host, self.job.spec.pooled)
@@ -307,8 +314,12 @@ class _Writer:
         if w.start != self.next_start:
             raise RuntimeError(f"internal error: window at sentence {w.start} "
                                f"completed before {self.next_start}")
-        self._write(WindowOut(w.start, w.lines, w.text, w.lengths, _as_numpy(buf)))
-        self.buffers.give(buf)
+        if buf is None:
+            self._piece_writer(w.start).end_window(w)
+            self._after_window()
+        else:
+            self._write(WindowOut(w.start, w.lines, w.text, w.lengths, _as_numpy(buf)))
+            self.buffers.give(buf)
         self.next_start = w.stop
         n_tok = int(w.lengths.sum())
         self.sentences += len(w)
@@ -318,14 +329,22 @@ class _Writer:
             self.bar.set_postfix_str(f"{self.tokens / el:,.0f} tok/s", refresh=False)
             self.bar.update(len(w))
 
-    def _write(self, wo: WindowOut) -> None:
+    def _piece_writer(self, start: int):
+        """The layout writer of the piece in progress (opened at sentence `start` if none is)."""
         if self.piece is None:
             k = len(self.manifest.pieces)
             tmp = _atomic.temporary_name(self.work.piece_path(k))
             out = H5Output(tmp, self.job.label)
-            self.piece = (out, make_writer(out.h5, self.job.spec, wo.start), tmp, wo.start, time.monotonic())
+            writer = make_writer(out.h5, self.job.spec, start, out.guard)
+            self.piece = (out, writer, tmp, start, time.monotonic())
+        return self.piece[1]
+
+    def _write(self, wo: WindowOut) -> None:
+        self._piece_writer(wo.start).add(wo)
+        self._after_window()
+
+    def _after_window(self) -> None:
         out, writer, _, _, opened = self.piece
-        writer.add(wo)
         out.check()
         if writer.n >= self.job.piece_sentences or time.monotonic() - opened >= self.job.piece_seconds:
             self._close_piece()
@@ -418,6 +437,7 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
     spec = job.spec
     dev = model.device
     cuda = dev.type == "cuda"
+    direct = direct_batches(spec, dev)
     current, buf, scratch = None, None, None
     while True:
         item = p.get(q_in)
@@ -426,7 +446,7 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
             return
         w, j, ids, rows = item
         if w is not current:
-            current, buf = w, buffers.take(w)
+            current, buf = w, (None if direct else buffers.take(w))
         if j is None:
             p.put(q_out, (w, None, None, None, buf))
             continue
@@ -438,6 +458,9 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
         elif cuda:  # one gather of the real tokens on the device: [L_s, tokens, D]
             rows = rows.to(dev, non_blocking=True)
             out = sel.transpose(0, 1)[:, rows[0], rows[1]]
+        elif direct:  # the batch's own output goes to the writer (the model does not reuse it)
+            p.put(q_out, (w, j, sel, None, None))
+            continue
         else:  # CPU
             if sel.dtype != buf.dtype:  # one conversion per batch, on one thread, into a reused buffer (no
                 # fresh pages to fault in; on the pool, OpenMP's spinning workers take the other stages' core)
@@ -465,6 +488,14 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
         if host.dtype == torch.int16:
             host = host.view(torch.bfloat16)
         p.put(q_out, (w, j, host, event, buf))
+
+
+def direct_batches(spec: OutputSpec, device: torch.device) -> bool:
+    """Whether the writer takes each batch's output as the model returned it, with no window buffer:
+    the allennlp layout on the CPU, unpooled, float32 out (each sentence is a dataset of its own, so
+    the window's input order is not needed; with no conversion there is nothing to copy first)."""
+    return (spec.layout == "allennlp" and not spec.pooled and spec.dtype_out == "float32"
+            and device.type != "cuda")
 
 
 def _job_record(job: Job, model, mode: str) -> Dict[str, Any]:
