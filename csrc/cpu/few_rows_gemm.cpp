@@ -15,25 +15,16 @@
 // 16), so each 64-byte weight load feeds 12 FMAs; the panel's K chunk (16 KB) stays in L1 for the
 // row tiles after the first. The rows of x are read in K chunks (6 KB per tile), from L1/L2.
 //
-// The Python wrapper checks dtypes, shapes and strides before any pointer gets here; the module
-// compiles on any x86-64 compiler (the kernel is built for AVX2 + FMA by a target attribute) and
-// reports at run time whether this CPU can run it (`supported()`).
+// The Python launcher checks dtypes, shapes and strides before any pointer gets here (module.cpp).
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define ELMO_FAST_X86 1
-#endif
+#include "cpu_kernels.h"
 
 namespace py = pybind11;
-
-namespace elmo_fast_cpu {
-bool cpu_supported();  // module.cpp
-}
 
 namespace {
 

@@ -16,16 +16,9 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define ELMO_FAST_X86 1
-#endif
+#include "cpu_kernels.h"
 
 namespace py = pybind11;
-
-namespace elmo_fast_cpu {
-bool cpu_supported();  // module.cpp
-}
 
 namespace {
 

@@ -5,12 +5,14 @@
 // `supported()` says whether this one can run them.
 #include <pybind11/pybind11.h>
 
+#include "cpu_kernels.h"
+
 namespace py = pybind11;
 
 namespace elmo_fast_cpu {
 
 static bool detect() {
-#if defined(__x86_64__) || defined(_M_X64)
+#ifdef ELMO_FAST_X86
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
@@ -22,9 +24,6 @@ bool cpu_supported() {
   static const bool ok = detect();  // asked on every kernel call
   return ok;
 }
-
-void register_gemm(py::module_& m);  // few_rows_gemm.cpp
-void register_cell(py::module_& m);  // lstm_cell.cpp
 
 }  // namespace elmo_fast_cpu
 

@@ -1,0 +1,17 @@
+// Shared by the sources of elmo_fast._cpu_kernels (module.cpp, few_rows_gemm.cpp, lstm_cell.cpp).
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define ELMO_FAST_X86 1
+#endif
+
+namespace elmo_fast_cpu {
+
+bool cpu_supported();                             // AVX2 and FMA on this CPU (module.cpp)
+void register_gemm(pybind11::module_& m);         // few_rows_gemm.cpp
+void register_cell(pybind11::module_& m);         // lstm_cell.cpp
+
+}  // namespace elmo_fast_cpu
