@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from .._support import one_thread
-from ._cpu_gemm import cpu_kernels
+from ._cpu_gemm import cpu_kernels, float32_rows
 
 
 def cell_update_ref(gates: torch.Tensor, c: torch.Tensor, out: torch.Tensor,
@@ -34,11 +34,6 @@ def cell_update_ref(gates: torch.Tensor, c: torch.Tensor, out: torch.Tensor,
         return out.mul_(gates[:, 3 * C :])
 
 
-def _rows_ok(t: torch.Tensor, width: int) -> bool:
-    return (t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 2 and t.shape[1] == width
-            and (width <= 1 or t.stride(1) == 1) and (t.shape[0] <= 1 or t.stride(0) >= width))
-
-
 def cell_update_fn(device: torch.device, dtype: torch.dtype) -> Callable[..., torch.Tensor]:
     """f(gates, c, out, cell_clip) -> out for tensors of this device and dtype: our kernel for CPU
     float32 on one thread where it runs here (the directions run one thread each), else the
@@ -49,7 +44,7 @@ def cell_update_fn(device: torch.device, dtype: torch.dtype) -> Callable[..., to
 
     def run(gates, c, out, cell_clip):
         n, C = c.shape
-        if not (_rows_ok(gates, 4 * C) and _rows_ok(c, C) and _rows_ok(out, C)
+        if not (float32_rows(gates, 4 * C) and float32_rows(c, C) and float32_rows(out, C)
                 and gates.shape[0] == n and out.shape[0] == n):
             raise ValueError(f"cell_update: gates {tuple(gates.shape)} strides {gates.stride()}, c "
                              f"{tuple(c.shape)} strides {c.stride()}, out {tuple(out.shape)} strides "

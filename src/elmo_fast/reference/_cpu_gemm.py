@@ -89,6 +89,13 @@ def cpu_kernels_status() -> str:
     return _KERNELS["why"]
 
 
+def float32_rows(t: torch.Tensor, width: int) -> bool:
+    """Whether t is what the CPU kernels take: a CPU float32 [rows, width] matrix whose elements are
+    contiguous within a row (rows may be strided, never overlapping)."""
+    return (t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 2 and t.shape[1] == width
+            and (width <= 1 or t.stride(1) == 1) and (t.shape[0] <= 1 or t.stride(0) >= width))
+
+
 def pack_panels(w: torch.Tensor, panel: int = 16) -> torch.Tensor:
     """w [N, K] -> [ceil(N / panel), K, panel] with out[p, k, j] = w[panel * p + j, k] (zero columns
     past N): the few-rows kernel's weight layout, each panel one contiguous stream."""
@@ -120,10 +127,7 @@ def few_rows_fn(w: torch.Tensor) -> Callable[..., torch.Tensor]:
 
     def run(x, out, accumulate=False):
         n = x.shape[0]
-        if (x.dtype != torch.float32 or out.dtype != torch.float32 or x.device.type != "cpu"
-                or out.device.type != "cpu" or x.dim() != 2 or out.dim() != 2 or x.shape[1] != K
-                or tuple(out.shape) != (n, N) or (n > 1 and (x.stride(0) < K or out.stride(0) < N))
-                or (K > 1 and x.stride(1) != 1) or (N > 1 and out.stride(1) != 1)):
+        if not (float32_rows(x, K) and float32_rows(out, N) and out.shape[0] == n):
             raise ValueError(f"few_rows_fn: x {tuple(x.shape)} {x.dtype} strides {x.stride()}, out "
                              f"{tuple(out.shape)} {out.dtype} strides {out.stride()} for a weight [{N}, {K}]")
         mod.gemm(x.data_ptr(), n, K, max(K, x.stride(0)), wp.data_ptr(), N, out.data_ptr(),

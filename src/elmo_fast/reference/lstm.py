@@ -141,7 +141,8 @@ def lstm_layer_inputs_ref(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tenso
             # would be a fresh mmap (page faults) every call. Not MKL's addmm(out=): its rounding
             # depends on the row count, oneDNN's does not, so time chunks and batch composition
             # leave a sentence's vectors bit-identical.
-            step = max(1, PROJECTION_BLOCK_BYTES // (out.shape[1] * out.element_size()))
+            step = (max(1, PROJECTION_BLOCK_BYTES // (out.shape[1] * out.element_size()))
+                    if out.device.type == "cpu" else out.shape[0])    # CUDA: cached memory, one GEMM
             for a in range(0, out.shape[0], step):
                 out[a : a + step].copy_(linear(rows[a : a + step]))       # the gates' input part
             return out
