@@ -17,6 +17,7 @@ import torch
 from _tiny_model import read_h5, write_tiny_model, one_thread_per_module  # noqa: F401 (an autouse fixture)
 from elmo_fast import ElmoEmbedder, cli, open_embeddings
 from elmo_fast.corpus import InputError, embed_corpus, layouts, pipeline
+from elmo_fast.corpus.batching import Window
 from elmo_fast.corpus.pipeline import EmbedderModel, select_layers
 
 SENTENCES = [
@@ -280,7 +281,7 @@ def test_a_stage_raising_mid_job_leaves_nothing(stateless, tmp_path, monkeypatch
     out = tmp_path / "out.h5"
     out.write_bytes(b"old")
     calls = {"model": 0}
-    real_model, real_ids, real_add = EmbedderModel.__call__, pipeline.batch_to_ids, layouts.FlatWriter.add
+    real_model, real_ids, real_add = EmbedderModel.__call__, Window.batch_ids, layouts.FlatWriter.add
 
     def model_call(self, ids):
         calls["model"] += 1
@@ -288,10 +289,10 @@ def test_a_stage_raising_mid_job_leaves_nothing(stateless, tmp_path, monkeypatch
             raise _Boom("model")
         return real_model(self, ids)
 
-    def ids_call(batch):
-        if stage == "feeder" and len(batch) and batch[0] == ["x", "y"]:
+    def ids_call(self, j):
+        if stage == "feeder" and self.text[self.batches[j][0]] == "x y":
             raise _Boom("feeder")
-        return real_ids(batch)
+        return real_ids(self, j)
 
     def add(self, w):
         if stage == "writer" and w.start >= 4:
@@ -299,7 +300,7 @@ def test_a_stage_raising_mid_job_leaves_nothing(stateless, tmp_path, monkeypatch
         return real_add(self, w)
 
     monkeypatch.setattr(EmbedderModel, "__call__", model_call)
-    monkeypatch.setattr(pipeline, "batch_to_ids", ids_call)
+    monkeypatch.setattr(Window, "batch_ids", ids_call)
     monkeypatch.setattr(layouts.FlatWriter, "add", add)
     lines = SENTENCES * 20
     with pytest.raises(_Boom, match=stage):

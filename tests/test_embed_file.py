@@ -13,6 +13,7 @@ from _tiny_model import read_h5, write_tiny_model, one_thread_per_module  # noqa
 from elmo_fast import ElmoEmbedder
 from elmo_fast.corpus.layouts import AllennlpWriter
 from elmo_fast.corpus.pipeline import QUEUE, EmbedderModel
+from elmo_fast.corpus import reader
 from elmo_fast.corpus.reader import PathSource
 from elmo_fast.embedder import InputError, corpus_batches, embed_corpus, read_sentences
 
@@ -199,25 +200,26 @@ def test_streams_with_a_bounded_look_ahead(tiny_model, tmp_path, monkeypatch):
     emb = embedder(tiny_model)
     lines = [SENTENCES[i % len(SENTENCES)] for i in range(400)]
     read, at_first_write = [], []
-    real_lines = PathSource.lines
+    real_blocks = PathSource.line_blocks
     real_create = AllennlpWriter._create
 
-    def counting_lines(self):
-        for line in real_lines(self):
-            read.append(1)
-            yield line
+    def counting_blocks(self):
+        for block in real_blocks(self):
+            read.extend([1] * len(block))
+            yield block
 
     def create(self, name, *a, **k):
         if not at_first_write and name != "sentence_to_index":
             at_first_write.append(len(read))
         return real_create(self, name, *a, **k)
 
-    monkeypatch.setattr(PathSource, "lines", counting_lines)
+    monkeypatch.setattr(PathSource, "line_blocks", counting_blocks)
+    monkeypatch.setattr(reader, "BLOCK", 64)   # a few lines per read (the real one is 1 MB)
     monkeypatch.setattr(AllennlpWriter, "_create", create)
     emb.embed_file(write_lines(tmp_path / "in.txt", lines), tmp_path / "o.hdf5", batch_size=2, progress=False)
     # first pass (400) + at most the batches the two queues and the stages hold (2 sentences each),
-    # one of them possibly half-read by the feeder when the first write lands
-    assert 400 < at_first_write[0] <= 400 + 2 * (2 * QUEUE + 6), at_first_write
+    # and the block of lines the feeder is working through (64 bytes: at most 32 lines of one character)
+    assert 400 < at_first_write[0] <= 400 + 2 * (2 * QUEUE + 6) + 64 // 2, at_first_write
     assert len(read) == 800
 
 

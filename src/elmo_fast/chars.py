@@ -36,6 +36,7 @@ __all__ = [
     "EOS_CHARS",
     "tokens_to_char_ids",
     "batch_to_ids",
+    "fill_ids_from_bytes",
 ]
 
 # The character vocabulary of the ELMo char-CNN (ids *before* the +1 shift).
@@ -111,45 +112,52 @@ def _encode(tokens: List[str], where: str = ""):
     return joined.encode("utf-8", "ignore"), lengths
 
 
-def _fill_rows(tokens: List[str], out: np.ndarray, row_of_token: Optional[np.ndarray] = None,
-               where: str = "") -> None:
-    """Write the (+1-shifted) character ids of ``tokens`` into the C-contiguous [R, 50] array
-    ``out``: token i goes to row ``row_of_token[i]`` (default: row i); other rows are untouched."""
-    n = len(tokens)
+def fill_ids_from_bytes(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, out: np.ndarray,
+                        rows: Optional[np.ndarray] = None, tokens: Optional[List[str]] = None) -> None:
+    """Write the (+1-shifted) character ids of tokens given as bytes into the C-contiguous [R, 50]
+    array ``out``: token i is ``data[starts[i]:starts[i] + lengths[i]]`` (data: uint8, UTF-8) and
+    goes to row ``rows[i]`` (default: row i); other rows are untouched. ``tokens``: the tokens as
+    strings, when the bytes were encoded with errors ignored (only then can bytes spell ``<S>``
+    without the token being ``<S>``)."""
+    n = len(lengths)
     if n == 0:
         return
-    data, lengths = _encode(tokens, where)
-    if row_of_token is None:
+    if rows is None:
         out[:] = _TEMPLATE
-        row_of_token = np.arange(n, dtype=np.int64)
+        rows = np.arange(n, dtype=np.int64)
     else:
-        out[row_of_token] = _TEMPLATE
+        out[rows] = _TEMPLATE
     flat_out = out.reshape(-1)
-    base = row_of_token * MAX_WORD_LENGTH          # flat offset of each token's row
-    starts = np.cumsum(lengths) - lengths
-    flat = np.frombuffer(data, dtype=np.uint8)
-    if len(flat):
-        pos = np.arange(len(flat), dtype=np.int64) - np.repeat(starts, lengths)
-        target = np.repeat(base, lengths) + pos + 1
-        keep = pos < MAX_BYTES
-        if not keep.all():
-            target, flat_kept = target[keep], flat[keep]
-        else:
-            flat_kept = flat
-        flat_out[target] = flat_kept.astype(np.int64) + 1
-    flat_out[base + np.minimum(lengths, MAX_BYTES) + 1] = END_OF_WORD_CHARACTER + 1
+    base = rows * MAX_WORD_LENGTH                  # flat offset of each token's row
+    kept = np.minimum(lengths, MAX_BYTES)          # bytes past the 48th are cut, as allennlp does
+    n_bytes = int(kept.sum())
+    if n_bytes:
+        pos = np.arange(n_bytes, dtype=np.int64) - np.repeat(np.cumsum(kept) - kept, kept)
+        flat_out[np.repeat(base + 1, kept) + pos] = data[np.repeat(starts, kept) + pos].astype(np.int64) + 1
+    flat_out[base + kept + 1] = END_OF_WORD_CHARACTER + 1
 
-    # "<S>" and "</S>" were spelled out above: find them (vectorised pre-filter on the bytes, then
-    # an exact string check on the few candidates) and replace their rows.
+    # "<S>" and "</S>" were spelled out above: find them (vectorised on the bytes, then, for encoded
+    # strings, an exact string check on the few candidates) and replace their rows.
     for tok, spelled in _SPELLED.items():
         k = len(spelled)
         cand = np.flatnonzero(lengths == k)
         if len(cand) == 0:
             continue
-        match = (flat[starts[cand][:, None] + np.arange(k)] == spelled - 1).all(axis=1)
+        match = (data[starts[cand][:, None] + np.arange(k)] == spelled - 1).all(axis=1)
         for i in cand[match].tolist():
-            if tokens[i] == tok:   # a token whose encoding dropped lone surrogates is not special
-                out[row_of_token[i]] = _SPECIAL_ROWS[tok]
+            if tokens is None or tokens[i] == tok:   # a token whose encoding dropped lone surrogates
+                out[rows[i]] = _SPECIAL_ROWS[tok]    # is not special
+
+
+def _fill_rows(tokens: List[str], out: np.ndarray, row_of_token: Optional[np.ndarray] = None,
+               where: str = "") -> None:
+    """Write the (+1-shifted) character ids of ``tokens`` into the C-contiguous [R, 50] array
+    ``out``: token i goes to row ``row_of_token[i]`` (default: row i); other rows are untouched."""
+    if not tokens:
+        return
+    data, lengths = _encode(tokens, where)
+    fill_ids_from_bytes(np.frombuffer(data, dtype=np.uint8), np.cumsum(lengths) - lengths, lengths, out,
+                        row_of_token, tokens)
 
 
 def _as_token_list(tokens, where: str = "") -> List[str]:

@@ -1,6 +1,6 @@
 """The corpus job: a one-way pipeline with bounded queues (GUIDE section 9).
 
-    reader -> batcher -> batch_to_ids          [feeder thread]
+    reader -> batcher -> character ids          [feeder thread]
       -> model, select / pool / convert dtype   [main thread; CUDA: pinned buffers, non-blocking d2h]
       -> assemble windows -> layout -> pieces    [writer thread]
 
@@ -34,14 +34,13 @@ import torch
 
 from .. import _atomic
 from .._support import one_thread
-from ..chars import batch_to_ids
-from .batching import Window, check_limits, windows
+from .batching import Window, block_windows, check_limits
 from .diskio import H5Output, describe_failure
 from .layouts import OutputSpec, WindowOut, make_writer, to_storage
 from .manifest import Manifest, ResumeError, WorkDir, file_sha256, job_difference, model_identity
 from .merge import merge_files
 from .outpath import check_output_path
-from .reader import Scan, Source, open_source, scan, sentences
+from .reader import Scan, Source, open_source, scan, sentence_blocks
 
 QUEUE = 4  # batches in flight between stages
 DEFAULT_WINDOW = 1024
@@ -234,19 +233,20 @@ class _Pipeline:
 
 
 _END = object()
+_WHOLE = -1  # in place of a batch number: every batch of the window
 
 
 def _feeder(p: _Pipeline, job: Job, start: int, mode: str, q: queue.Queue, pin: bool) -> None:
     """Reads, batches and converts to character ids, ahead of the model."""
     try:
-        items = sentences(job.source, job.empty_lines, start=start, stop=job.stop)
-        for w in windows(items, mode, job.batch_size, job.batch_tokens, job.window):
+        blocks = sentence_blocks(job.source, job.empty_lines, start=start, stop=job.stop)
+        for w in block_windows(blocks, mode, job.batch_size, job.batch_tokens, job.window):
             if not w.batches:
                 p.put(q, (w, None, None, None))
                 continue
             for j, b in enumerate(w.batches):
                 lens = w.lengths[b]
-                ids = batch_to_ids([w.tokens[i] for i in b])
+                ids = w.batch_ids(j)
                 rows = None
                 if pin:  # CUDA: (row, position) of every real token, in batch order, computed here so the
                     # device never waits for a mask to come back before the output can be gathered
@@ -296,13 +296,16 @@ class _Writer:
             self.piece = None
 
     def _take(self, w: Window, j: Optional[int], host, event, buf) -> None:
-        """One batch of window w is done: its vectors are in `buf` (CPU) or in `host` (CUDA, copied
-        there without blocking; placed into buf here). The window is written once all are in.
+        """One batch of window w is done: its vectors are in `buf` (CPU; j == _WHOLE: all of its
+        batches) or in `host` (CUDA, copied there without blocking; placed into buf here). The window
+        is written once all are in.
         buf None (`direct_batches`): host is the batch's own output [B, L_s, T, D], written now."""
         st = self.pending.setdefault(w.start, [0])
-        if buf is None:
+        if j == _WHOLE:  # the model stage placed all of w's batches in buf itself
+            st[0] += len(w.batches)
+        elif buf is None:
             if host is not None:
-                self._piece_writer(w.start).add_batch(w, j, host.numpy())
+                self._piece_writer(w.start).add_batch(w, j, _as_numpy(host))
         elif host is not None:
             if event is not None:
                 event.synchronize()
@@ -438,7 +441,7 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
     dev = model.device
     cuda = dev.type == "cuda"
     direct = direct_batches(spec, dev)
-    current, buf, scratch = None, None, None
+    current, buf = None, None
     while True:
         item = p.get(q_in)
         if item is _END:
@@ -461,20 +464,20 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
         elif direct:  # the batch's own output goes to the writer (the model does not reuse it)
             p.put(q_out, (w, j, sel, None, None))
             continue
-        else:  # CPU
-            if sel.dtype != buf.dtype:  # one conversion per batch, on one thread, into a reused buffer (no
-                # fresh pages to fault in; on the pool, OpenMP's spinning workers take the other stages' core)
-                if scratch is None or scratch.numel() < sel.numel() or scratch.dtype != buf.dtype:
-                    scratch = torch.empty(sel.numel(), dtype=buf.dtype)
+        else:  # CPU: each sentence straight into its place in the window buffer
+            if sel.dtype != buf.dtype:  # converted on the way by torch (numpy's float16 cast is ~6x
+                # slower), on one thread: on the pool, OpenMP's spinning workers take the other stages' core
                 with one_thread(dev):
-                    sel = scratch[:sel.numel()].view(sel.shape).copy_(sel)
-            # each sentence into the window buffer with numpy: cheap slicing, and the copy runs without
-            # the GIL, beside the writer and the feeder
-            src, dst = _as_numpy(sel), _as_numpy(buf)
-            for r, pos in enumerate(w.batches[j]):
-                a, n = int(w.offsets[pos]), int(w.lengths[pos])
-                dst[:, a:a + n] = src[r, :, :n]
-            p.put(q_out, (w, j, None, None, buf))
+                    for r, pos in enumerate(w.batches[j]):
+                        a, n = int(w.offsets[pos]), int(w.lengths[pos])
+                        buf[:, a:a + n].copy_(sel[r, :, :n])
+            else:  # numpy: cheaper slicing; the copy runs without the GIL, beside the writer and the feeder
+                src, dst = _as_numpy(sel), _as_numpy(buf)
+                for r, pos in enumerate(w.batches[j]):
+                    a, n = int(w.offsets[pos]), int(w.lengths[pos])
+                    dst[:, a:a + n] = src[r, :, :n]
+            if j == len(w.batches) - 1:  # one message per window: per batch, the bounded queue would
+                p.put(q_out, (w, _WHOLE, None, None, buf))  # stall this stage while the writer writes
             continue
         out = to_storage(out, spec.dtype_out)
         event = None

@@ -21,13 +21,19 @@ import os
 import struct
 import tempfile
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from typing import IO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .tokens import token_counts
 
 EMPTY_LINES = ("error", "skip", "keep")
 BLOCK = 1 << 20  # bytes per read: large enough for disk speed, small enough to bound memory (each block
 # lives as bytes, text and lines at once: ~8x its size)
 _MAX_LISTED = 20
 _SPOOL_IN_MEMORY = 32 << 20  # a piped input stays in memory up to this size, then goes to disk
+_SENTENCE_BLOCK = 4096  # sentences given as Python strings: this many per block
 
 
 class InputError(ValueError):
@@ -85,8 +91,9 @@ def _decode_blocks(chunks: Iterator[bytes], name: str) -> Iterator[str]:
         raise _utf8_error(name, lines_before + _line_of(done), held[0], offset - len(held)) from None
 
 
-def _lines(blocks: Iterator[str]) -> Iterator[str]:
-    """str blocks -> lines without their line ends (\\n, \\r\\n, \\r); no empty last line."""
+def _line_blocks(blocks: Iterator[str]) -> Iterator[List[str]]:
+    """str blocks -> lists of stripped lines, line ends (\\n, \\r\\n, \\r) removed; no empty last line.
+    One list per block: the splitting is str methods over the whole block, not Python per line."""
     carry, first = "", True
     for block in blocks:
         if first:
@@ -98,26 +105,31 @@ def _lines(blocks: Iterator[str]) -> Iterator[str]:
             text, tail = text[:-1], "\r"
         parts = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
         carry = parts.pop() + tail
-        yield from parts
+        if parts:
+            yield [p.strip() for p in parts]
     if carry:
-        yield carry[:-1] if carry.endswith("\r") else carry
+        yield [(carry[:-1] if carry.endswith("\r") else carry).strip()]
 
 
-def _read_chunks(f: IO, size: int = BLOCK) -> Iterator:
+def _read_chunks(f: IO, size: Optional[int] = None) -> Iterator:
     while True:
-        chunk = f.read(size)
+        chunk = f.read(size or BLOCK)
         if not chunk:
             return
         yield chunk
 
 
 class Source:
-    """A re-readable corpus. `lines()` yields the stripped lines from the start, every time."""
+    """A re-readable corpus. `line_blocks()` yields the stripped lines from the start, every time, in
+    lists of many lines; `lines()` one by one."""
 
     name: str = "input"
 
-    def lines(self) -> Iterator[str]:
+    def line_blocks(self) -> Iterator[List[str]]:
         raise NotImplementedError
+
+    def lines(self) -> Iterator[str]:
+        return chain.from_iterable(self.line_blocks())
 
     def hash_update(self, h, item) -> None:
         h.update(item.encode("utf-8", "surrogatepass") + b"\n")
@@ -153,8 +165,8 @@ class PathSource(Source):
             raise InputError(f"cannot read input file {self.path}: "
                              f"{getattr(e, 'strerror', None) or e}") from None
 
-    def lines(self) -> Iterator[str]:
-        return (line.strip() for line in _lines(_decode_blocks(self._chunks(), self.name)))
+    def line_blocks(self) -> Iterator[List[str]]:
+        return _line_blocks(_decode_blocks(self._chunks(), self.name))
 
 
 class StreamSource(Source):
@@ -215,8 +227,8 @@ class StreamSource(Source):
             list(PathSource(path).lines())
         raise InputError(f"{self.name} is not valid UTF-8; the input file must be UTF-8 text") from None
 
-    def lines(self) -> Iterator[str]:
-        return (line.strip() for line in _lines(self._blocks()))
+    def line_blocks(self) -> Iterator[List[str]]:
+        return _line_blocks(self._blocks())
 
     def close(self) -> None:
         if self.spool is not None:
@@ -233,12 +245,11 @@ class SentenceSource(Source):
         self.it = None if self.seq is not None else iter(sentences)
         self.spool: Optional[IO] = None
 
-    def lines(self) -> Iterator[str]:
+    def line_blocks(self) -> Iterator[List[str]]:
         if self.seq is not None:
-            return (s.strip() for s in self.seq)
-        if self.it is None:
-            return self._replay()
-        return self._consume()
+            return ([s.strip() for s in self.seq[k:k + _SENTENCE_BLOCK]]
+                    for k in range(0, len(self.seq), _SENTENCE_BLOCK))
+        return _in_lists(self._replay() if self.it is None else self._consume())
 
     def _consume(self) -> Iterator[str]:
         it, self.it = self.it, None
@@ -264,6 +275,14 @@ class SentenceSource(Source):
     def close(self) -> None:
         if self.spool is not None:
             self.spool.close()
+
+
+def _in_lists(items: Iterator[str], size: int = 4096) -> Iterator[List[str]]:
+    while True:
+        block = list(islice(items, size))
+        if not block:
+            return
+        yield block
 
 
 def open_source(input_file: Union[str, "os.PathLike[str]", IO, Iterable[str]], name: str = "input") -> Source:
@@ -301,26 +320,35 @@ def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False
     s = Scan(source.name)
     h = hashlib.sha256()
     keys: Optional[Dict[str, int]] = {} if sentence_keys else None
-    i, in_window = -1, 0
-    for i, line in enumerate(source.lines()):
-        h.update(line.encode("utf-8", "surrogatepass") + b"\n")
-        if not line:
-            s.empty += 1
-            if len(s.first_empty) < _MAX_LISTED:
-                s.first_empty.append(i)
+    in_window = 0  # tokens so far in the window the last sentence is in
+    for block in source.line_blocks():
+        n_lines = len(block)
+        # the same bytes as hashing each line and its "\n" in turn
+        h.update(("\n".join(block) + "\n").encode("utf-8", "surrogatepass"))
+        counts = token_counts(block)   # a line is empty (stripped) exactly when it has no token
+        empty = np.flatnonzero(counts == 0)
+        if len(empty):
+            s.empty += len(empty)
+            room = _MAX_LISTED - len(s.first_empty)
+            s.first_empty.extend((s.lines + empty[:max(room, 0)]).tolist())
             if empty_lines == "skip":
-                continue
-        if keys is not None and (line or empty_lines == "keep"):
-            _check_key(keys, line, s.sentences)
-        n = len(line.split())
-        if window is not None:
-            if s.sentences % window == 0:
-                in_window = 0
-            in_window += n
-            s.window_tokens = max(s.window_tokens, in_window)
-        s.sentences += 1
-        s.tokens += n
-    s.lines = i + 1
+                block = [line for line in block if line]
+                counts = counts[counts > 0]
+        if keys is not None:
+            for j, line in enumerate(block):
+                if line or empty_lines == "keep":
+                    _check_key(keys, line, s.sentences + j)
+        if window is not None and len(counts):
+            # tokens per window of the sentences s.sentences .. (global windows of `window` sentences)
+            w = (s.sentences + np.arange(len(counts))) // window
+            per = np.bincount(w - w[0], weights=counts).astype(np.int64)
+            if s.sentences % window:      # the first window continues from the previous block
+                per[0] += in_window
+            s.window_tokens = max(s.window_tokens, int(per.max()))
+            in_window = int(per[-1])
+        s.lines += n_lines
+        s.sentences += len(counts)
+        s.tokens += int(counts.sum())
     s.sha256 = h.hexdigest()
     if s.lines == 0:
         raise InputError(f"{source.name} has no sentences (the file is empty); expected one "
@@ -348,6 +376,26 @@ def sentences(source: Source, empty_lines: str = "error", start: int = 0,
         if k >= start:
             yield k, line_no, line
         k += 1
+
+
+def sentence_blocks(source: Source, empty_lines: str = "error", start: int = 0,
+                    stop: Optional[int] = None) -> Iterator[Tuple[int, List[int], List[str]]]:
+    """The second pass in blocks: (index of the block's first sentence, input line of each, stripped
+    lines) for sentences start..stop-1, as `sentences` yields them one by one."""
+    k, line0 = 0, 0
+    for block in source.line_blocks():
+        nums = range(line0, line0 + len(block))
+        line0 += len(block)
+        if empty_lines == "skip" and not all(block):
+            nums = [i for i, line in zip(nums, block) if line]
+            block = [line for line in block if line]
+        a = max(start - k, 0)
+        b = len(block) if stop is None else min(stop - k, len(block))
+        if a < b:
+            yield k + a, list(nums[a:b]), block[a:b]
+        k += len(block)
+        if stop is not None and k >= stop:
+            return
 
 
 # ------------------------------------------------------------------------------ sentence keys
@@ -411,4 +459,4 @@ def read_sentences(input_file: Union[IO, str, "os.PathLike[str]"]) -> List[str]:
 
 
 __all__ = ["InputError", "Source", "PathSource", "StreamSource", "SentenceSource", "open_source", "Scan",
-           "scan", "sentences", "check_sentences", "check_sentence_keys", "read_sentences", "EMPTY_LINES"]
+           "scan", "sentences", "sentence_blocks", "check_sentences", "check_sentence_keys", "read_sentences", "EMPTY_LINES"]

@@ -1,0 +1,168 @@
+"""The feeder's byte-level tokenisation (corpus/tokens.py) against str.split() and batch_to_ids."""
+import numpy as np
+import pytest
+
+from elmo_fast.chars import batch_to_ids
+from elmo_fast.corpus.tokens import token_counts, tokenize
+
+# ASCII words, the boundary tokens, multi-byte characters, words past 48 bytes (cut inside a character)
+_WORDS = ["the", "a", "<S>", "</S>", "<S", "S>", "</S>x", "naïve", "日本語", "🙂", "x" * 47, "y" * 48, "z" * 49,
+          "é" * 30, "ab" * 40, "😀" * 13, "'", "--", "\x00", "\x7f"]
+_ASCII_SPACES = [" ", "  ", "\t", "\x0b", "\x0c", "\r", "\x1c", "\x1d", "\x1e", "\x1f", " \t "]
+
+
+def _sentences(rng, n, empty=0.1):
+    out = []
+    for _ in range(n):
+        k = 0 if rng.random() < empty else int(rng.integers(1, 30))
+        words = [_WORDS[i] for i in rng.integers(len(_WORDS), size=k)]
+        text = ""
+        for w in words:
+            text += w + _ASCII_SPACES[int(rng.integers(len(_ASCII_SPACES)))]
+        out.append(text.strip())
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tokenize_equals_split_and_char_ids_equal_batch_to_ids(seed):
+    rng = np.random.default_rng(seed)
+    lines = _sentences(rng, int(rng.integers(1, 120)))
+    table = tokenize(lines)
+    assert table is not None
+    split = [s.split() for s in lines]
+    assert table.counts.tolist() == [len(t) for t in split]
+    assert table.token_lists() == split
+    for _ in range(5):   # batches in any order, of any size, empty sentences included
+        pos = rng.permutation(len(lines))[: int(rng.integers(1, len(lines) + 1))]
+        got = table.char_ids(pos)
+        want = batch_to_ids([split[i] for i in pos])
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert bool((got == want).all())
+
+
+def test_sub_table_is_the_same_split():
+    rng = np.random.default_rng(5)
+    lines = _sentences(rng, 40)
+    table = tokenize(lines)
+    sub = table.sub(7, 31)
+    assert sub.token_lists() == [s.split() for s in lines[7:31]]
+    both = table.sub(0, 7).concat(sub)
+    assert both.token_lists() == [s.split() for s in lines[:31]]
+    assert bool((both.char_ids([30, 2, 9]) == batch_to_ids([lines[i].split() for i in (30, 2, 9)])).all())
+    pos = [3, 0, 20, 11]
+    assert bool((sub.char_ids(pos) == batch_to_ids([lines[7 + i].split() for i in pos])).all())
+
+
+@pytest.mark.parametrize("line", ["a\u00a0b", "a\u2003b c", "x\u3000", "a\x85b", "one\ntwo", "bad\ud800x"])
+def test_text_the_byte_split_cannot_treat_exactly_is_left_to_python(line):
+    lines = ["plain words", line]
+    assert tokenize(lines) is None
+    assert token_counts(lines).tolist() == [len(s.split()) for s in lines]
+
+
+def test_the_listed_wide_spaces_are_all_of_pythons():
+    import sys
+
+    from elmo_fast.corpus.tokens import WIDE_SPACES
+
+    assert WIDE_SPACES == "".join(chr(c) for c in range(0x80, sys.maxunicode + 1) if chr(c).isspace())
+
+
+def test_only_empty_sentences_and_no_sentences():
+    table = tokenize(["", "", ""])
+    assert table.counts.tolist() == [0, 0, 0]
+    ids = table.char_ids([0, 2])
+    assert tuple(ids.shape) == (2, 0, 50)
+    assert tokenize([]).counts.tolist() == []
+
+
+# ------------------------------------------------------------------------ windows from blocks
+def _reference_windows(texts, mode, batch_size, batch_tokens, window):
+    """The batching rules of batching.py, one sentence at a time: [(start, texts, batches)]."""
+    out, cur, start = [], [], 0
+    real = longest = 0
+
+    def close():
+        lengths = [len(t.split()) for t in cur]
+        if mode == "bucket":
+            order = sorted(range(len(cur)), key=lambda i: -lengths[i])
+            batches, b, wide = [], [], 0
+            for i in order:
+                n = lengths[i]
+                if n == 0:
+                    continue
+                w = max(wide, n)
+                if b and (len(b) == batch_size or (batch_tokens and (len(b) + 1) * w > batch_tokens)):
+                    batches.append(b)
+                    b, w = [], n
+                b.append(i)
+                wide = w
+            if b:
+                batches.append(b)
+        else:
+            batches = [[i for i in range(len(cur)) if lengths[i]]] if any(lengths) else []
+        out.append((start, list(cur), batches))
+
+    for k, t in enumerate(texts):
+        n = len(t.split())
+        if cur:
+            full = (k % window == 0) if mode == "bucket" else (
+                n > 0 and (real == batch_size or (batch_tokens and real > 0 and (real + 1) * max(longest, n) > batch_tokens)))
+            if full:
+                close()
+                cur, start, real, longest = [], k, 0, 0
+        cur.append(t)
+        real, longest = real + (n > 0), max(longest, n)
+    if cur:
+        close()
+    return out
+
+
+@pytest.mark.parametrize("mode", ["bucket", "input"])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_windows_from_blocks_of_any_size_follow_the_batching_rules(mode, seed):
+    from elmo_fast.corpus.batching import block_windows
+
+    rng = np.random.default_rng(seed)
+    texts = _sentences(rng, int(rng.integers(1, 150)), empty=0.2)
+    if seed == 3:   # some sentences the byte-level split leaves to Python
+        texts = [t + "\u00a0z" if i % 7 == 0 else t for i, t in enumerate(texts)]
+    batch_size, window = int(rng.integers(1, 9)), int(rng.integers(1, 40))
+    batch_tokens = None if seed % 2 else int(rng.integers(5, 80))
+    blocks, k = [], 0
+    while k < len(texts):   # blocks of random sizes, 1 sentence included
+        m = int(rng.integers(1, 25))
+        blocks.append((k, list(range(100 + k, 100 + k + m))[: len(texts) - k], texts[k:k + m]))
+        k += m
+    got = list(block_windows(iter(blocks), mode, batch_size, batch_tokens, window))
+    want = _reference_windows(texts, mode, batch_size, batch_tokens, window)
+    assert [(w.start, w.text, w.batches) for w in got] == want
+    for w in got:
+        assert w.lines == list(range(100 + w.start, 100 + w.stop))
+        assert w.lengths.tolist() == [len(t.split()) for t in w.text]
+        for j, b in enumerate(w.batches):
+            assert bool((w.batch_ids(j) == batch_to_ids([w.text[i].split() for i in b])).all())
+
+
+@pytest.mark.parametrize("empty_lines", ["skip", "keep"])
+def test_the_first_pass_in_small_blocks_counts_as_line_by_line(tmp_path, monkeypatch, empty_lines):
+    import hashlib
+
+    from elmo_fast.corpus import reader
+
+    rng = np.random.default_rng(7)
+    texts = [t.replace("\r", " ") for t in _sentences(rng, 300, empty=0.15)]   # \r ends a line in a file
+    path = tmp_path / "in.txt"
+    path.write_text("".join(t + ("\r\n" if i % 5 == 0 else "\n") for i, t in enumerate(texts)), encoding="utf-8")
+    monkeypatch.setattr(reader, "BLOCK", 97)    # lines and characters split between reads
+    found = reader.scan(reader.open_source(str(path)), empty_lines, window=16)
+    kept = [t for t in texts if t or empty_lines == "keep"]
+    counts = [len(t.split()) for t in kept]
+    assert (found.lines, found.sentences, found.tokens) == (len(texts), len(kept), sum(counts))
+    assert found.empty == sum(1 for t in texts if not t)
+    assert found.first_empty == [i for i, t in enumerate(texts) if not t][:20]
+    assert found.window_tokens == max(sum(counts[k:k + 16]) for k in range(0, len(counts), 16))
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\n")
+    assert found.sha256 == h.hexdigest()
