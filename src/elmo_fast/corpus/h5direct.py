@@ -105,19 +105,26 @@ class DatasetMaker:
         self._behind: Optional[_WritesBehind] = None
 
     @contextlib.contextmanager
-    def writes_behind(self):
-        """Data writes of the datasets created in the block run in a thread; all done at its end
-        (so the arrays given to `create` may be reused after it)."""
-        self._behind = _WritesBehind(self.guard)
+    def writes_behind(self, wait: bool = True):
+        """Data writes of the datasets created in the block run in a thread (one per maker, kept
+        until `close`). wait: all done at the block's end, so the arrays given to `create` may be
+        reused after it; otherwise they may still be in flight (at most _WritesBehind.LIMIT; the
+        arrays must then not be reused, as a model's fresh output is not)."""
+        if self._behind is None:
+            self._behind = _WritesBehind(self.guard)
         try:
             yield self
         except BaseException:
-            self._behind.close(raise_error=False)
+            self.close(raise_error=False)
             raise
-        else:
-            self._behind.close()
-        finally:
-            self._behind = None
+        if wait:
+            self._behind.drain()
+
+    def close(self, raise_error: bool = True) -> None:
+        """Waits for the writes in flight and stops their thread (raising its unexpected error)."""
+        behind, self._behind = self._behind, None
+        if behind is not None:
+            behind.close(raise_error)
 
     def _space(self, shape: Tuple[int, ...]):
         import h5py
@@ -156,16 +163,21 @@ class DatasetMaker:
 
 
 class _WritesBehind:
-    """One thread writing (address, parts) in order; an unexpected error is raised by close."""
+    """One thread writing (address, parts) in order; an unexpected error is raised by drain / close.
+    At most LIMIT writes wait at a time: each keeps the array it reads from alive."""
+
+    LIMIT = 256
 
     def __init__(self, guard):
         self.guard = guard
         self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.room = threading.Semaphore(self.LIMIT)
         self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._run, name="elmo-h5-data", daemon=True)
         self.thread.start()
 
     def put(self, addr: int, parts) -> None:
+        self.room.acquire()   # the thread frees room after every write, failed or not
         self.q.put((addr, parts))
 
     def _run(self) -> None:
@@ -173,11 +185,23 @@ class _WritesBehind:
             item = self.q.get()
             if item is None:
                 return
-            if self.error is None:
-                try:
+            if isinstance(item, threading.Event):   # drain: everything before it is written
+                item.set()
+                continue
+            try:
+                if self.error is None:
                     self.guard.write_at(*item)   # OSError: kept in the guard, later writes dropped
-                except BaseException as e:  # noqa: BLE001 - raised in the creating thread by close
-                    self.error = e
+            except BaseException as e:  # noqa: BLE001 - raised in the creating thread by drain / close
+                self.error = e
+            finally:
+                self.room.release()
+
+    def drain(self, raise_error: bool = True) -> None:
+        done = threading.Event()
+        self.q.put(done)
+        done.wait()
+        if raise_error and self.error is not None:
+            raise self.error
 
     def close(self, raise_error: bool = True) -> None:
         self.q.put(None)

@@ -154,7 +154,7 @@ class AllennlpWriter:
         """Batch j of window w (a batching.Window) straight from the model's output, out: [B, L_s, T, D]
         float32 (row r: sentence w.batches[j][r]); `end_window` completes the window."""
         every = self.spec.output_format == "all"
-        with self.maker.writes_behind():
+        with self.maker.writes_behind(wait=False):   # out is the model's own, not reused: no need to wait
             for r, pos in enumerate(w.batches[j]):
                 n = int(w.lengths[pos])
                 self._create(self._key(w, pos), out[r, :, :n] if every else out[r, 0, :n])
@@ -170,6 +170,10 @@ class AllennlpWriter:
                 self.index[text] = str(w.start + j)
         self.n += len(w.lengths)
 
+    def abort(self) -> None:
+        """The file is being deleted: stop the writes in flight, whatever they met."""
+        self.maker.close(raise_error=False)
+
     def _key(self, w, pos: int) -> str:
         return w.text[pos] if self.spec.use_sentence_keys else str(w.start + pos)
 
@@ -179,6 +183,7 @@ class AllennlpWriter:
         self.maker.create(key.encode("utf-8"), arr.shape, parts)
 
     def finish(self) -> None:
+        self.maker.close()   # every vector written (or the write error raised) before the file closes
         if self.keep_index:
             write_index(self.f, self.index)
         self.f.attrs.update(self.spec.root_attrs(self.first, self.n))

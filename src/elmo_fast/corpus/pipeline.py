@@ -287,7 +287,9 @@ class _Writer:
 
     def abort(self) -> None:
         if self.piece is not None:
-            out, _, tmp, _, _ = self.piece
+            out, writer, tmp, _, _ = self.piece
+            if hasattr(writer, "abort"):
+                writer.abort()
             out.abort()
             try:
                 os.unlink(tmp)
