@@ -12,8 +12,10 @@ has the fixture's sentence lengths (tokens drawn from its vocabulary), and every
 (--top / --all) x dtype-out runs through `elmo_fast.corpus.embed_corpus` into --dir (put it on the
 disk you care about; a RAM disk measures the host side alone). Beside each, in the same run, the
 same number of bytes is written sequentially to the same folder (os.write of 8 MB blocks, then
-fsync-free close, as the job does), and the ratio job / raw is reported. One untimed write of the
-largest payload comes first, so that neither side pays alone for a VM's first touch of fresh memory.
+fsync-free close, as the job does), and the ratio job / raw is reported. Each job runs in a fresh
+process, as `elmo-fast embed` does, followed by its raw write (--stub-reps times; medians). One
+untimed write of the largest payload comes first, so that neither side pays alone for a VM's first
+touch of fresh memory.
 e2e: the original architecture with random weights (elmo_fast.synthetic) on the CPU: `elmo-fast
 embed`'s pipeline against allennlp 0.9.0's own `ElmoEmbedder.embed_file` (loaded from the wheel by
 /work/shared/tools/allennlp_elmo.py; skipped with the reason when that is not usable), same corpus,
@@ -112,9 +114,8 @@ def raw_write(folder: str, nbytes: int) -> float:
 
 
 def bench_stub(args) -> List[Dict]:
-    from elmo_fast.corpus import embed_corpus
-
     n = 2_000 if args.quick else args.sentences
+    reps = 1 if args.quick else args.stub_reps
     rows = []
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         src = os.path.join(d, "corpus.txt")
@@ -128,19 +129,22 @@ def bench_stub(args) -> List[Dict]:
                     if args.quick and layout == "allennlp" and dtype_out != "float32":
                         continue
                     out = os.path.join(d, "out.h5")
-                    t = time.perf_counter()
-                    embed_corpus(StubModel(), src, out, fmt, batch_size=args.batch_size, layout=layout,
-                                 dtype_out=dtype_out, progress=False, batching="bucket")
-                    secs = time.perf_counter() - t
-                    size = os.path.getsize(out)
-                    os.unlink(out)
                     payload = (tokens * (3 if fmt == "all" else 1) * 1024
                                * (4 if dtype_out == "float32" else 2))
-                    raw = raw_write(d, payload)
+                    jobs, raws = [], []
+                    for _ in range(reps):  # each job in a fresh process (as `elmo-fast embed` runs), then
+                        # the raw write: within one process later jobs ran up to 2x slower (NOTES.md)
+                        r = _measure("stub", src, out, ["--layout", layout, "--format", fmt,
+                                                        "--dtype-out", dtype_out, "--batch-size",
+                                                        str(args.batch_size)])
+                        jobs.append(r["seconds"])
+                        size = r["file_bytes"]
+                        raws.append(raw_write(d, payload))
+                    secs, raw = statistics.median(jobs), statistics.median(raws)
                     row = dict(bench="stub", layout=layout, format=fmt, dtype_out=dtype_out, sentences=n,
                                tokens=tokens, seconds=secs, tokens_per_s=tokens / secs, file_bytes=size,
                                payload_bytes=payload, raw_seconds=raw, raw_tokens_per_s=tokens / raw,
-                               ratio_to_raw=raw / secs)
+                               ratio_to_raw=raw / secs, job_seconds_each=jobs, raw_seconds_each=raws)
                     rows.append(row)
                     print(f"stub {layout:8} --{fmt:3} {dtype_out:8} "
                           f"{row['tokens_per_s']:>12,.0f} tok/s   raw write "
@@ -246,10 +250,14 @@ def _child(args) -> None:
 
         model = EmbedderModel(ElmoEmbedder(args.options, args.weights, stateful=False, progress=False))
     t = time.perf_counter()
-    embed_corpus(model, args.input, args.output, "top", batch_size=64, batch_tokens=args.batch_tokens,
-                 layout="flat", dtype_out="float16", progress=False, batching="bucket")
+    embed_corpus(model, args.input, args.output, args.format, batch_size=args.batch_size,
+                 batch_tokens=args.batch_tokens, layout=args.layout, dtype_out=args.dtype_out, progress=False,
+                 batching="bucket")
+    secs = time.perf_counter() - t
+    size = os.path.getsize(args.output)
+    os.unlink(args.output)
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "seconds": time.perf_counter() - t}))
+                      "seconds": secs, "file_bytes": size}))
 
 
 def _measure(kind: str, src: str, out: str, extra: List[str]) -> Dict:
@@ -320,6 +328,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     p.add_argument("--dir", default=None, help="where outputs go (default: the system temporary folder)")
     p.add_argument("--sentences", type=int, default=20_000, help="stub: corpus size")
+    p.add_argument("--stub-reps", type=int, default=2, help="stub: runs of each row (job, raw write, ...; median)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--arch", default="original", choices=("small", "medium", "original"))
     p.add_argument("--e2e-sentences", type=int, default=400)
@@ -333,6 +342,9 @@ def parse_args(argv=None):
     p.add_argument("--options")
     p.add_argument("--weights")
     p.add_argument("--batch-tokens", type=int, default=None)
+    p.add_argument("--layout", default="flat")
+    p.add_argument("--format", default="top")
+    p.add_argument("--dtype-out", default="float16")
     return p.parse_args(argv)
 
 
