@@ -319,7 +319,7 @@ def environment() -> Dict:
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
             "python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor(),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(), "commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain"))}
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}  # new result files are not edits
 
 
 def parse_args(argv=None):
