@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""A/B of the stubbed corpus job between source trees: fresh processes, interleaved, same corpus.
+
+  python bench/ab_pipeline.py --tree base=/path/to/old/checkout --tree new=. \\
+      [--sentences 20000] [--reps 3] [--warm-gb 6] [--dir /dev/shm/ab] flat:top:float16 allennlp:all:float32
+
+Each CASE is layout:format:dtype-out. Per case and rep every tree runs the job once
+(`bench_pipeline.py _child --child stub`, with PYTHONPATH=<tree>/src, so the tree's own elmo_fast is
+imported; order A B, then B A, ...), then the same bytes are written raw to the same folder. Prints
+the medians, each as a ratio to the raw write, and new/base when trees named so exist. The first
+write of --warm-gb GB (untimed) takes the VM's first touch of fresh memory out of the runs. A tree
+without its compiled extensions is fine: the stub needs none.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_pipeline import raw_write, write_corpus  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("cases", nargs="+", help="layout:format:dtype-out, e.g. flat:top:float16")
+    p.add_argument("--tree", action="append", required=True, help="NAME=PATH of a checkout (repeat)")
+    p.add_argument("--sentences", type=int, default=20_000)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--warm-gb", type=int, default=6)
+    p.add_argument("--dir", default="/dev/shm/ab")
+    args = p.parse_args(argv)
+    trees = dict(t.split("=", 1) for t in args.tree)
+    os.makedirs(args.dir, exist_ok=True)
+    src = os.path.join(args.dir, f"corpus{args.sentences}.txt")
+    tokens = write_corpus(src, args.sentences)
+    out = os.path.join(args.dir, "out.h5")
+    raw_write(args.dir, args.warm_gb << 30)
+    names = list(trees)
+    for case in args.cases:
+        layout, fmt, dtype = case.split(":")
+        secs = {k: [] for k in names}
+        raws = []
+        for rep in range(args.reps):
+            for k in (names if rep % 2 == 0 else names[::-1]):
+                env = dict(os.environ, PYTHONPATH=str(pathlib.Path(trees[k]).resolve() / "src"))
+                cmd = [sys.executable, str(HERE / "bench_pipeline.py"), "_child", "--child", "stub", "--input", src,
+                       "--output", out, "--layout", layout, "--format", fmt, "--dtype-out", dtype,
+                       "--batch-size", str(args.batch_size)]
+                r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if r.returncode:
+                    sys.exit(f"{k} failed on {case}: {r.stderr.strip()[-2000:]}")
+                secs[k].append(json.loads(r.stdout.strip().splitlines()[-1])["seconds"])
+            payload = tokens * (3 if fmt == "all" else 1) * 1024 * (4 if dtype == "float32" else 2)
+            raws.append(raw_write(args.dir, payload))
+        raw = statistics.median(raws)
+        med = {k: statistics.median(v) for k, v in secs.items()}
+        line = " ".join(f"{k} {tokens / med[k]:,.0f} tok/s ({raw / med[k]:.2f}x raw)" for k in names)
+        if "base" in med and "new" in med:
+            line += f"  new/base {med['base'] / med['new']:.2f}"
+        print(f"{case} {line}  raw {tokens / raw:,.0f} tok/s  ({args.reps} reps, {tokens} tokens)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
