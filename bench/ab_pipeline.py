@@ -50,9 +50,9 @@ def main(argv=None) -> int:
         for rep in range(args.reps):
             for k in (names if rep % 2 == 0 else names[::-1]):
                 env = dict(os.environ, PYTHONPATH=str(pathlib.Path(trees[k]).resolve() / "src"))
-                cmd = [sys.executable, str(HERE / "bench_pipeline.py"), "_child", "--child", "stub", "--input", src,
-                       "--output", out, "--layout", layout, "--format", fmt, "--dtype-out", dtype,
-                       "--batch-size", str(args.batch_size)]
+                cmd = [sys.executable, str(HERE / "bench_pipeline.py"), "_child", "--child", "stub",
+                       "--input", src, "--output", out, "--layout", layout, "--format", fmt,
+                       "--dtype-out", dtype, "--batch-size", str(args.batch_size)]
                 r = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if r.returncode:
                     sys.exit(f"{k} failed on {case}: {r.stderr.strip()[-2000:]}")
@@ -64,7 +64,8 @@ def main(argv=None) -> int:
         line = " ".join(f"{k} {tokens / med[k]:,.0f} tok/s ({raw / med[k]:.2f}x raw)" for k in names)
         if "base" in med and "new" in med:
             line += f"  new/base {med['base'] / med['new']:.2f}"
-        print(f"{case} {line}  raw {tokens / raw:,.0f} tok/s  ({args.reps} reps, {tokens} tokens)", flush=True)
+        print(f"{case} {line}  raw {tokens / raw:,.0f} tok/s  ({args.reps} reps, {tokens} tokens)",
+              flush=True)
     return 0
 
 

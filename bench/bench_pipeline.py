@@ -319,7 +319,8 @@ def environment() -> Dict:
     return {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
             "python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor(),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(), "commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}  # new result files are not edits
+            # new result files are not edits
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 def parse_args(argv=None):
@@ -328,7 +329,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     p.add_argument("--dir", default=None, help="where outputs go (default: the system temporary folder)")
     p.add_argument("--sentences", type=int, default=20_000, help="stub: corpus size")
-    p.add_argument("--stub-reps", type=int, default=2, help="stub: runs of each row (job, raw write, ...; median)")
+    p.add_argument("--stub-reps", type=int, default=2,
+                   help="stub: runs of each row (job, raw write, ...; median)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--arch", default="original", choices=("small", "medium", "original"))
     p.add_argument("--e2e-sentences", type=int, default=400)

@@ -16,7 +16,7 @@ import torch
 
 from _tiny_model import read_h5, write_tiny_model, one_thread_per_module  # noqa: F401 (an autouse fixture)
 from elmo_fast import ElmoEmbedder, cli, open_embeddings
-from elmo_fast.corpus import InputError, embed_corpus, layouts, pipeline
+from elmo_fast.corpus import InputError, embed_corpus, layouts
 from elmo_fast.corpus.batching import Window
 from elmo_fast.corpus.pipeline import EmbedderModel, select_layers
 

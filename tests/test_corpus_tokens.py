@@ -6,8 +6,8 @@ from elmo_fast.chars import batch_to_ids
 from elmo_fast.corpus.tokens import token_counts, tokenize
 
 # ASCII words, the boundary tokens, multi-byte characters, words past 48 bytes (cut inside a character)
-_WORDS = ["the", "a", "<S>", "</S>", "<S", "S>", "</S>x", "naïve", "日本語", "🙂", "x" * 47, "y" * 48, "z" * 49,
-          "é" * 30, "ab" * 40, "😀" * 13, "'", "--", "\x00", "\x7f"]
+_WORDS = ["the", "a", "<S>", "</S>", "<S", "S>", "</S>x", "naïve", "日本語", "🙂",
+          "x" * 47, "y" * 48, "z" * 49, "é" * 30, "ab" * 40, "😀" * 13, "'", "--", "\x00", "\x7f"]
 _ASCII_SPACES = [" ", "  ", "\t", "\x0b", "\x0c", "\r", "\x1c", "\x1d", "\x1e", "\x1f", " \t "]
 
 
@@ -106,8 +106,8 @@ def _reference_windows(texts, mode, batch_size, batch_tokens, window):
     for k, t in enumerate(texts):
         n = len(t.split())
         if cur:
-            full = (k % window == 0) if mode == "bucket" else (
-                n > 0 and (real == batch_size or (batch_tokens and real > 0 and (real + 1) * max(longest, n) > batch_tokens)))
+            over = bool(batch_tokens) and real > 0 and (real + 1) * max(longest, n) > batch_tokens
+            full = (k % window == 0) if mode == "bucket" else (n > 0 and (real == batch_size or over))
             if full:
                 close()
                 cur, start, real, longest = [], k, 0, 0
@@ -153,7 +153,8 @@ def test_the_first_pass_in_small_blocks_counts_as_line_by_line(tmp_path, monkeyp
     rng = np.random.default_rng(7)
     texts = [t.replace("\r", " ") for t in _sentences(rng, 300, empty=0.15)]   # \r ends a line in a file
     path = tmp_path / "in.txt"
-    path.write_text("".join(t + ("\r\n" if i % 5 == 0 else "\n") for i, t in enumerate(texts)), encoding="utf-8")
+    ends = ["\r\n" if i % 5 == 0 else "\n" for i in range(len(texts))]
+    path.write_text("".join(t + e for t, e in zip(texts, ends)), encoding="utf-8")
     monkeypatch.setattr(reader, "BLOCK", 97)    # lines and characters split between reads
     found = reader.scan(reader.open_source(str(path)), empty_lines, window=16)
     kept = [t for t in texts if t or empty_lines == "keep"]

@@ -459,4 +459,5 @@ def read_sentences(input_file: Union[IO, str, "os.PathLike[str]"]) -> List[str]:
 
 
 __all__ = ["InputError", "Source", "PathSource", "StreamSource", "SentenceSource", "open_source", "Scan",
-           "scan", "sentences", "sentence_blocks", "check_sentences", "check_sentence_keys", "read_sentences", "EMPTY_LINES"]
+           "scan", "sentences", "sentence_blocks", "check_sentences", "check_sentence_keys", "read_sentences",
+           "EMPTY_LINES"]

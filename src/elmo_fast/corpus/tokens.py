@@ -75,7 +75,8 @@ class TokenTable:
     def concat(self, other: "TokenTable") -> "TokenTable":
         """This table's sentences, then other's (their bytes copied into one array)."""
         a, b = self._compact(), other._compact()
-        return TokenTable(np.concatenate([a.data, b.data]), np.concatenate([a.starts, b.starts + len(a.data)]),
+        return TokenTable(np.concatenate([a.data, b.data]),
+                          np.concatenate([a.starts, b.starts + len(a.data)]),
                           np.concatenate([a.lens, b.lens]), np.concatenate([a.counts, b.counts]))
 
     def _compact(self) -> "TokenTable":
