@@ -17,13 +17,13 @@ no tokens (empty lines kept) are in the window but in no batch: they need no mod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ..chars import batch_to_ids
+from .reader import in_lists
 from .tokens import TokenTable, tokenize
 
 MODES = ("input", "bucket")
@@ -106,14 +106,8 @@ Block = Tuple[int, List[int], List[str]]  # (index of the first sentence, input 
 def windows(items: Iterable[Tuple[int, int, str]], mode: str, batch_size: int, batch_tokens: Optional[int],
             window: int) -> Iterator[Window]:
     """(sentence index, line, text) in order -> Windows with their batches (see the module doc)."""
-    def blocks() -> Iterator[Block]:
-        it = iter(items)
-        while True:
-            chunk = list(islice(it, 4096))
-            if not chunk:
-                return
-            yield chunk[0][0], [c[1] for c in chunk], [c[2] for c in chunk]
-    return block_windows(blocks(), mode, batch_size, batch_tokens, window)
+    blocks = ((c[0][0], [x[1] for x in c], [x[2] for x in c]) for c in in_lists(items))
+    return block_windows(blocks, mode, batch_size, batch_tokens, window)
 
 
 def block_windows(blocks: Iterable[Block], mode: str, batch_size: int, batch_tokens: Optional[int],

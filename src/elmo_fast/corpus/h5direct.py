@@ -10,8 +10,9 @@ through HDF5's selection machinery into the fileobj driver's Python callbacks. H
 * its storage is allocated at creation (contiguous, `H5D_ALLOC_TIME_EARLY`, fill never), so its
   file address is known, and its bytes are written there by `GuardedFile.write_at` (pwritev, same
   failure handling as HDF5's own writes), without passing through HDF5; inside
-  `with maker.writes_behind():` those writes run in a thread of their own, beside the next
-  creations (both without the GIL), and are all done when the block ends.
+  `with maker.writes_behind():` those writes run in a thread of their own (one per maker, until
+  `close`), beside the next creations (both without the GIL), and are all done when the block ends
+  (or, with `wait=False`, by `close`).
 
 Readers see the same datasets: contiguous, same shape, dtype and values; only the creation
 properties recorded with each dataset (allocation time, fill time) differ from h5py's defaults.

@@ -466,15 +466,12 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
         elif direct:  # the batch's own output goes to the writer (the model does not reuse it)
             p.put(q_out, (w, j, sel, None, None))
             continue
-        else:  # CPU: each sentence straight into its place in the window buffer
-            if sel.dtype != buf.dtype:  # converted on the way by torch (numpy's float16 cast is ~6x
-                # slower), on one thread: on the pool, OpenMP's spinning workers take the other stages' core
-                with one_thread(dev):
-                    for r, pos in enumerate(w.batches[j]):
-                        a, n = int(w.offsets[pos]), int(w.lengths[pos])
-                        buf[:, a:a + n].copy_(sel[r, :, :n])
-            else:  # numpy: cheaper slicing; the copy runs without the GIL, beside the writer and the feeder
-                src, dst = _as_numpy(sel), _as_numpy(buf)
+        else:  # CPU: each sentence straight into its place in the window buffer. Same dtype: numpy
+            # (cheaper slicing; the copy runs without the GIL, beside the writer and the feeder); else torch
+            # converts on the way (numpy's float16 cast is ~6x slower), on one thread: on the pool,
+            # OpenMP's spinning workers would take the other stages' core
+            src, dst = (sel, buf) if sel.dtype != buf.dtype else (_as_numpy(sel), _as_numpy(buf))
+            with one_thread(dev):
                 for r, pos in enumerate(w.batches[j]):
                     a, n = int(w.offsets[pos]), int(w.lengths[pos])
                     dst[:, a:a + n] = src[r, :, :n]

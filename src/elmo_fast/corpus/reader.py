@@ -249,7 +249,7 @@ class SentenceSource(Source):
         if self.seq is not None:
             return ([s.strip() for s in self.seq[k:k + _SENTENCE_BLOCK]]
                     for k in range(0, len(self.seq), _SENTENCE_BLOCK))
-        return _in_lists(self._replay() if self.it is None else self._consume())
+        return in_lists(self._replay() if self.it is None else self._consume())
 
     def _consume(self) -> Iterator[str]:
         it, self.it = self.it, None
@@ -277,7 +277,9 @@ class SentenceSource(Source):
             self.spool.close()
 
 
-def _in_lists(items: Iterator[str], size: int = 4096) -> Iterator[List[str]]:
+def in_lists(items: Iterable, size: int = _SENTENCE_BLOCK) -> Iterator[list]:
+    """items -> consecutive lists of up to `size` of them."""
+    items = iter(items)
     while True:
         block = list(islice(items, size))
         if not block:
@@ -367,15 +369,8 @@ def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False
 def sentences(source: Source, empty_lines: str = "error", start: int = 0,
               stop: Optional[int] = None) -> Iterator[Tuple[int, int, str]]:
     """The second pass: (sentence index, line index, stripped line) for sentences start..stop-1."""
-    k = 0
-    for line_no, line in enumerate(source.lines()):
-        if not line and empty_lines == "skip":
-            continue
-        if stop is not None and k >= stop:
-            return
-        if k >= start:
-            yield k, line_no, line
-        k += 1
+    for k0, nums, texts in sentence_blocks(source, empty_lines, start, stop):
+        yield from zip(range(k0, k0 + len(texts)), nums, texts)
 
 
 def sentence_blocks(source: Source, empty_lines: str = "error", start: int = 0,
