@@ -148,21 +148,24 @@ class GuardedFile:
 
 class H5Output:
     """An hdf5 file being written through a GuardedFile: `with H5Output(path, output) as (f, guard)`.
-    On leaving, the file is closed; a failure seen at any point raises OutputWriteError."""
+    On leaving, the file is closed; a failure seen at any point raises OutputWriteError.
 
-    def __init__(self, path: str, output: str, libver: str = "latest"):
+    create=False: the file starts empty, with no h5py.File (h5 is None): its writer makes the file
+    itself and may later set `h5` to an h5py.File on it (h5pack.PackedFile.open_h5)."""
+
+    def __init__(self, path: str, output: str, libver: str = "latest", create: bool = True):
         import h5py
 
         self.output = output
         self.guard = GuardedFile(path)
-        self.h5 = h5py.File(self.guard, "w", libver=libver)
+        self.h5 = h5py.File(self.guard, "w", libver=libver) if create else None
 
     def check(self) -> None:
         self.guard.check(self.output)
 
     def close(self) -> None:
         try:
-            if self.h5.id.valid:
+            if self.h5 is not None and self.h5.id.valid:
                 self.h5.close()
         finally:
             self.guard.close()
@@ -172,7 +175,7 @@ class H5Output:
         """Closes without caring whether the data reached the disk (the file is being deleted)."""
         self.guard.failure = self.guard.failure or OSError(errno.ECANCELED, "aborted", self.guard.path)
         try:
-            if self.h5.id.valid:
+            if self.h5 is not None and self.h5.id.valid:
                 self.h5.close()
         except Exception:  # noqa: BLE001 - nothing written now matters
             pass

@@ -165,14 +165,14 @@ class DatasetMaker:
 
 class _WritesBehind:
     """One thread writing (address, parts) in order; an unexpected error is raised by drain / close.
-    At most LIMIT writes wait at a time: each keeps the array it reads from alive."""
+    At most `limit` writes wait at a time: each keeps the arrays it reads from alive."""
 
     LIMIT = 256
 
-    def __init__(self, guard):
+    def __init__(self, guard, limit: int = LIMIT):
         self.guard = guard
         self.q: queue.SimpleQueue = queue.SimpleQueue()
-        self.room = threading.Semaphore(self.LIMIT)
+        self.room = threading.Semaphore(limit)
         self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._run, name="elmo-h5-data", daemon=True)
         self.thread.start()

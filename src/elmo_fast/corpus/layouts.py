@@ -9,8 +9,11 @@ allennlp (compatible, one hdf5 dataset per sentence): key str(i) (or the sentenc
   use_sentence_keys): [3, T, D] for all, [T, D] for top / average; pooled: [3, D] / [D];
   "sentence_to_index": shape (1,) vlen str, JSON {sentence: "i"} (last index of a repeat), unless
   forget_sentences or use_sentence_keys. float32 values are those of allennlp's embed_file. Each
-  dataset is contiguous, its storage allocated at creation (h5direct.py: the only difference from
-  h5py's defaults a reader can see is in the dataset's creation properties).
+  dataset is contiguous. The file is in the format allennlp's own files have (h5py's default,
+  libver "earliest"), its structure written by h5pack.py, not libhdf5; the only difference from
+  h5py's defaults a reader can see is in each dataset's creation properties (storage allocated at
+  creation, never filled). With use_sentence_keys (keys may hold '/', which makes groups) libhdf5
+  makes the datasets (h5direct.py) in a libver "latest" file.
 flat (fast): per stored layer one chunked dataset, "layer_0", "layer_1", "layer_2" for all, "top"
   or "average" otherwise: [total_tokens, D] (pooled: [n, D]); "offsets" [n + 1] int64 (sentence i is
   rows offsets[i] .. offsets[i+1] - 1; pooled files keep the offsets for the lengths); "lines" [n]
@@ -121,16 +124,25 @@ class WindowOut:
 
 
 class AllennlpWriter:
-    """One dataset per sentence (see the module doc), made by h5direct.DatasetMaker: the bytes of
-    each go to the file straight from the window's array, with no copy for any format."""
+    """One dataset per sentence (see the module doc): the bytes of each go to the file straight from
+    the window's array, with no copy for any format. out: the piece's diskio.H5Output.
 
-    def __init__(self, h5, spec: OutputSpec, first: int, guard):
-        from .h5direct import DatasetMaker
+    Datasets are made by h5pack.PackedFile (the file's structure written at the end, without
+    libhdf5) when out has no h5py.File yet (`open_output`), else by h5direct.DatasetMaker (libhdf5's
+    own datasets: sentence keys, which may hold '/' and make groups)."""
 
-        self.f, self.spec, self.first, self.n = h5, spec, first, 0
+    def __init__(self, out, spec: OutputSpec, first: int):
+        self.out, self.spec, self.first, self.n = out, spec, first, 0
         self.index: Dict[str, str] = {}
         self.keep_index = not (spec.forget_sentences or spec.use_sentence_keys)
-        self.maker = DatasetMaker(h5, guard, spec.storage_dtype)
+        if out.h5 is None:
+            from .h5pack import PackedFile
+
+            self.maker = PackedFile(out.guard, spec.storage_dtype)
+        else:
+            from .h5direct import DatasetMaker
+
+            self.maker = DatasetMaker(out.h5, out.guard, spec.storage_dtype)
 
     def add(self, w: WindowOut) -> None:
         spec = self.spec
@@ -184,9 +196,13 @@ class AllennlpWriter:
 
     def finish(self) -> None:
         self.maker.close()   # every vector written (or the write error raised) before the file closes
+        if self.out.h5 is None:
+            self.maker.finish()
+            self.out.check()   # a failed write: the error, not h5py's view of a broken file
+            self.out.h5 = self.maker.open_h5()
         if self.keep_index:
-            write_index(self.f, self.index)
-        self.f.attrs.update(self.spec.root_attrs(self.first, self.n))
+            write_index(self.out.h5, self.index)
+        self.out.h5.attrs.update(self.spec.root_attrs(self.first, self.n))
 
 
 def write_index(f, index: Dict[str, str]) -> None:
@@ -297,8 +313,14 @@ class FlatWriter:
         self.f.attrs["total_tokens"] = self.tokens
 
 
-def make_writer(h5, spec: OutputSpec, first: int, guard):
-    """The layout's writer for h5, an h5py.File written through `guard` (a diskio.GuardedFile)."""
+def open_output(path: str, label: str, spec: OutputSpec, first: int):
+    """A new file at `path` for sentences first.. in spec's layout: (diskio.H5Output, its writer).
+    label: the output's name in error messages."""
+    from .diskio import H5Output
+
     if spec.layout == "flat":
-        return FlatWriter(h5, spec, first)
-    return AllennlpWriter(h5, spec, first, guard)
+        out = H5Output(path, label)
+        return out, FlatWriter(out.h5, spec, first)
+    # sentence keys may hold '/', which makes groups: libhdf5's own datasets; else the packed file
+    out = H5Output(path, label, create=spec.use_sentence_keys)
+    return out, AllennlpWriter(out, spec, first)

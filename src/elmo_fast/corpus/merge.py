@@ -16,7 +16,7 @@ import numpy as np
 from .._atomic import atomic_path
 from .diskio import H5Output, describe_failure
 from .embeddings import EmbeddingsError, _File
-from .layouts import write_index
+from .layouts import _STORAGE, write_index
 
 _COPY_BYTES = 64 << 20
 # attributes that may differ between parts; all the others must be equal
@@ -63,9 +63,9 @@ def merge_files(paths: Sequence[str], output: str, label: Optional[str] = None,
     files = _open_parts(paths)
     try:
         with atomic_path(output) as tmp:
-            out = H5Output(tmp, label)
+            out = H5Output(tmp, label, create=not _packable(files[0]))
             try:
-                _copy(files, out.h5, progress)
+                _copy(files, out, progress)
                 out.check()
             except BaseException:
                 out.abort()
@@ -78,7 +78,13 @@ def merge_files(paths: Sequence[str], output: str, label: Optional[str] = None,
             f.close()
 
 
-def _copy(files: List[_File], dst, progress) -> None:
+def _packable(first: _File) -> bool:
+    """allennlp parts keyed by number are merged into an h5pack.PackedFile (sentence keys may hold
+    '/', which makes groups: those go through h5py's copy)."""
+    return first.layout == "allennlp" and not first.keyed
+
+
+def _copy(files: List[_File], out: H5Output, progress) -> None:
     first = files[0]
     attrs = dict(first.f.attrs)
     attrs["first_sentence"] = first.first
@@ -87,20 +93,73 @@ def _copy(files: List[_File], dst, progress) -> None:
     if first.layout == "allennlp":
         index = {}
         has_index = "sentence_to_index" in first.f
+        later = _copy_packed(files, out, progress) if out.h5 is None else [(f, None) for f in files]
+        for f, keys in later:
+            for key in f.f.keys() if keys is None else keys:
+                if key == "sentence_to_index":
+                    continue
+                f.f.copy(f.f[key], out.h5, name=key)
+            if progress and keys is None:
+                progress(f.n)
         for f in files:
+            if has_index:
+                index.update(json.loads(f.f["sentence_to_index"][0]))
+        if has_index:
+            write_index(out.h5, index)
+    else:
+        _copy_flat(files, out.h5, progress)
+        attrs["total_tokens"] = int(sum(int(f.f.attrs["total_tokens"]) for f in files))
+    out.h5.attrs.update(attrs)
+
+
+def _copy_packed(files: List[_File], out: H5Output, progress):
+    """The parts' datasets into a PackedFile on out, each one's bytes read at its file address: h5py's
+    copy costs ~0.5 ms a dataset, this ~0.03 ms. Leaves out.h5 open on the result; returns the
+    [(part, keys)] h5py must still copy (anything but a contiguous dataset of the file's dtype)."""
+    import h5py
+
+    from .h5pack import PackedFile
+
+    pk = PackedFile(out.guard, _STORAGE[files[0].dtype])
+    later = []
+    for f in files:
+        odd = []
+        with open(f.path, "rb", buffering=0) as raw:
             for key in f.f.keys():
                 if key == "sentence_to_index":
-                    index.update(json.loads(f.f[key][0]))
+                    continue
+                d = f.f[key]
+                if not isinstance(d, h5py.Dataset) or d.dtype != pk.dtype:
+                    odd.append(key)
+                    continue
+                at = d.id.get_offset()
+                nbytes = d.size * pk.dtype.itemsize
+                if at is None and nbytes:   # not contiguous (another writer's file): through h5py
+                    data = d[()]
                 else:
-                    f.f.copy(f.f[key], dst, name=key)
-            if progress:
-                progress(f.n)
-        if has_index:
-            write_index(dst, index)
-    else:
-        _copy_flat(files, dst, progress)
-        attrs["total_tokens"] = int(sum(int(f.f.attrs["total_tokens"]) for f in files))
-    dst.attrs.update(attrs)
+                    data = _pread(raw, nbytes, at) if nbytes else b""
+                pk.create(key.encode("utf-8"), d.shape, [data])
+        if odd:
+            later.append((f, odd))
+        if progress:
+            progress(f.n)
+    pk.finish()
+    out.check()
+    out.h5 = pk.open_h5()
+    return later
+
+
+def _pread(raw, n: int, at: int) -> bytes:
+    """n bytes at offset `at` of the open file raw; a short file is an error."""
+    chunks = []
+    while n:
+        b = os.pread(raw.fileno(), n, at)
+        if not b:
+            raise EmbeddingsError(f"{raw.name} ends inside a dataset (truncated file?)")
+        chunks.append(b)
+        n -= len(b)
+        at += len(b)
+    return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
 def _copy_flat(files: List[_File], dst, progress) -> None:

@@ -35,8 +35,8 @@ import torch
 from .. import _atomic
 from .._support import one_thread
 from .batching import Window, block_windows, check_limits
-from .diskio import H5Output, describe_failure
-from .layouts import OutputSpec, WindowOut, make_writer, to_storage
+from .diskio import describe_failure
+from .layouts import OutputSpec, WindowOut, open_output, to_storage
 from .manifest import Manifest, ResumeError, WorkDir, file_sha256, job_difference, model_identity
 from .merge import merge_files
 from .outpath import check_output_path
@@ -339,8 +339,7 @@ class _Writer:
         if self.piece is None:
             k = len(self.manifest.pieces)
             tmp = _atomic.temporary_name(self.work.piece_path(k))
-            out = H5Output(tmp, self.job.label)
-            writer = make_writer(out.h5, self.job.spec, start, out.guard)
+            out, writer = open_output(tmp, self.job.label, self.job.spec, start)
             self.piece = (out, writer, tmp, start, time.monotonic())
         return self.piece[1]
 
