@@ -216,3 +216,147 @@ def test_an_unexpected_error_behind_is_raised_by_the_block(tmp_path, monkeypatch
         with pk.writes_behind():
             pk.create(b"0", (2, 3), [np.ones((2, 3), np.float32)])
     g.close()
+
+
+# ------------------------------------------------------------------------------------ reading back
+def _h5py_file(path, items, libver, **kw):
+    with h5py.File(path, "w", libver=libver) as f:
+        for name, a in items:
+            f.create_dataset(name, data=a, **kw)
+        return path
+
+
+@pytest.mark.parametrize("source", ["packed", "libhdf5-earliest"])
+def test_list_datasets_reads_what_h5py_sees(tmp_path, source):
+    """Names (in order), shapes, datatypes, data addresses and sizes; for libhdf5's own files too,
+    with attributes pushing some object headers into continuation blocks."""
+    rng = np.random.default_rng(11)
+    items = [(str(i), rng.standard_normal((int(rng.integers(0, 4)), 5)).astype(np.float16))
+             for i in range(300)]
+    path = tmp_path / "f.h5"
+    if source == "packed":
+        _packed(path, items, np.float16)
+    else:
+        _h5py_file(path, items, "earliest")
+        with h5py.File(path, "r+") as f:
+            for i in range(0, 300, 7):
+                f[str(i)].attrs["note"] = "x" * 2000    # no room in the header: a continuation block
+    stored = h5pack.list_datasets(str(path))
+    want_msg = h5pack.PackedFile(GuardedFile(str(tmp_path / "unused.h5")), np.float16).dtype_message
+    with h5py.File(path, "r") as f:
+        assert [s.name.decode() for s in stored] == list(f.keys())
+        for s in stored:
+            d = f[s.name.decode()]
+            assert s.shape == d.shape and s.nbytes == d.size * 2 and s.dtype_message == want_msg
+            assert s.addr == (d.id.get_offset() if d.size else s.addr)
+            if d.size:
+                raw = path.read_bytes()[s.addr:s.addr + s.nbytes]
+                np.testing.assert_array_equal(np.frombuffer(raw, np.float16).reshape(s.shape), d[...])
+
+
+def test_list_datasets_gives_none_for_what_it_does_not_read(tmp_path):
+    a = np.ones((3, 4), np.float32)
+    cases = {"latest": _h5py_file(tmp_path / "latest.h5", [("0", a)], "latest"),
+             "chunked": _h5py_file(tmp_path / "chunked.h5", [("0", a)], "earliest", chunks=(1, 4)),
+             "compressed": _h5py_file(tmp_path / "gz.h5", [("0", a)], "earliest", compression="gzip")}
+    with h5py.File(tmp_path / "group.h5", "w", libver="earliest") as f:
+        f["g/0"] = a
+    cases["group"] = tmp_path / "group.h5"
+    (tmp_path / "empty.h5").write_bytes(b"")
+    (tmp_path / "text.h5").write_bytes(b"not an hdf5 file at all\n" * 10)
+    cases["empty"], cases["text"] = tmp_path / "empty.h5", tmp_path / "text.h5"
+    for what, path in cases.items():
+        assert h5pack.list_datasets(str(path)) is None, what
+    assert h5pack.list_datasets(str(_h5py_file(tmp_path / "ok.h5", [("0", a)], "earliest"))) is not None
+
+
+def test_create_from_copies_runs_at_once(tmp_path, monkeypatch):
+    """Datasets whose bytes follow each other in the source are one kernel copy; the copies land
+    at the right places, among datasets written from memory."""
+    rng = np.random.default_rng(2)
+    src_items = [(f"s{i}", rng.standard_normal((i + 1, 3)).astype(np.float32)) for i in range(6)]
+    src = tmp_path / "src.h5"
+    _packed(src, src_items, np.float32)
+    stored = {s.name: s for s in h5pack.list_datasets(str(src))}
+    calls = []
+    real = diskio.copy_range
+    monkeypatch.setattr(diskio, "copy_range", lambda *a: (calls.append(a[1:]), real(*a)))
+    path = tmp_path / "dst.h5"
+    g = GuardedFile(str(path))
+    pk = h5pack.PackedFile(g, np.float32)
+    mem = np.full((2, 3), 7, np.float32)
+    with open(src, "rb") as fh:
+        fd = fh.fileno()
+        for name in (b"s0", b"s1", b"s2"):            # adjacent in the source: one copy
+            pk.create_from(name, stored[name].shape, fd, stored[name].addr)
+        pk.create(b"m", mem.shape, [mem])             # from memory: ends the run
+        for name in (b"s5", b"s3"):                   # not adjacent: two copies
+            pk.create_from(name, stored[name].shape, fd, stored[name].addr)
+        pk.finish()
+    g.close()
+    assert [c[2] for c in calls] == [4 * 3 * (1 + 2 + 3), 4 * 3 * 6, 4 * 3 * 4]
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["m"][...], mem)
+        for name, a in src_items:
+            if name != "s4":
+                np.testing.assert_array_equal(f[name][...], a)
+        assert "s4" not in f
+
+
+@pytest.mark.parametrize("how", ["copy_file_range", "read-write"])
+def test_copy_range_and_a_short_source(tmp_path, monkeypatch, how):
+    if how == "read-write":
+        def unsupported(*a):
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+        monkeypatch.setattr(diskio.os, "copy_file_range", unsupported, raising=False)
+    src = tmp_path / "src.bin"
+    src.write_bytes(bytes(range(256)) * 100)
+    g = GuardedFile(str(tmp_path / "dst.bin"))
+    with open(src, "rb") as fh:
+        g.copy_at(10, fh.fileno(), 300, 5000)
+        assert g.failure is None
+        g.copy_at(9000, fh.fileno(), 25_000, 1000)   # the source ends 400 bytes in
+    g.close()
+    got = (tmp_path / "dst.bin").read_bytes()
+    assert got[10:5010] == src.read_bytes()[300:5300]
+    assert isinstance(g.failure, OSError) and g.failure.errno == errno.EIO
+
+
+def test_merge_reads_parts_of_any_allennlp_writer(tmp_path):
+    """Parts written as elmo-fast writes them, by the libhdf5 path (libver latest) and by h5py with
+    libver earliest merge into one packed file with every dataset, the index and the range."""
+    from elmo_fast.corpus.layouts import OutputSpec, write_index
+    from elmo_fast.corpus.merge import merge_files
+
+    rng = np.random.default_rng(4)
+    spec = OutputSpec(layout="allennlp", output_format="top", dtype_out="float16", dim=5)
+    every, parts, index = {}, [], {}
+    for k, (first, n, how) in enumerate([(0, 40, "packed"), (40, 30, "latest"), (70, 25, "earliest")]):
+        items = [(str(i), rng.standard_normal((int(rng.integers(0, 4)), 5)).astype(np.float16))
+                 for i in range(first, first + n)]
+        every.update(items)
+        part_index = {f"sentence {i}": str(i) for i in range(first, first + n)}
+        index.update(part_index)
+        path = tmp_path / f"part{k}.h5"
+        if how == "packed":
+            g = GuardedFile(str(path))
+            pk = h5pack.PackedFile(g, np.float16)
+            for name, a in items:
+                pk.create(name.encode(), a.shape, [a])
+            pk.finish()
+            f = pk.open_h5()
+        else:
+            f = h5py.File(_h5py_file(path, items, how), "r+")
+        write_index(f, part_index)
+        f.attrs.update(spec.root_attrs(first, n))
+        f.close()
+        parts.append(str(path))
+    out = tmp_path / "merged.h5"
+    merge_files(parts[::-1], str(out))
+    assert h5pack.list_datasets(str(out)) is not None       # the merged file is packed too
+    with h5py.File(out, "r") as f:
+        assert sorted(k for k in f.keys() if k != "sentence_to_index") == sorted(every)
+        for name, a in every.items():
+            np.testing.assert_array_equal(f[name][...], a)
+        assert json.loads(f["sentence_to_index"][0]) == index
+        assert f.attrs["first_sentence"] == 0 and f.attrs["n_sentences"] == 95
