@@ -24,6 +24,7 @@ heaps), IV.A (object headers and messages).
 """
 from __future__ import annotations
 
+import array
 import contextlib
 import struct
 from typing import List, NamedTuple, Optional, Sequence, Tuple
@@ -77,12 +78,13 @@ class PackedFile:
 
         self.guard = guard
         self.dtype = np.dtype(dtype)
+        # per dataset, compact (a piece holds up to 100 k): name, rank, dims (flat), data address
         self.names: List[bytes] = []
-        self.shapes: List[Tuple[int, ...]] = []
-        self.addrs: List[int] = []
+        self.ranks = array.array("B")
+        self.dims = array.array("q")
+        self.addrs = array.array("Q")
         self.end = DATA_START
         self.limit = limit
-        self._seen = set()
         self._run: list = []            # buffers of the datasets not yet handed to the writes
         self._run_at = DATA_START
         self._deferring = False         # inside writes_behind
@@ -147,15 +149,13 @@ class PackedFile:
         """Checks the name, gives the dataset its address (the end of the data so far): its bytes."""
         if b"/" in name or b"\0" in name or not name:
             raise ValueError(f"cannot store a dataset named {name!r} in a packed file")
-        if name in self._seen:
-            raise ValueError(f"the dataset name {name.decode('utf-8', 'replace')!r} is used twice")
-        self._seen.add(name)
         shape = tuple(map(int, shape))
         nbytes = self.dtype.itemsize
         for s in shape:
             nbytes *= s
         self.names.append(name)
-        self.shapes.append(shape)
+        self.ranks.append(len(shape))
+        self.dims.extend(shape)
         self.addrs.append(self.end if nbytes else UNDEF)
         self.end += nbytes
         return nbytes
@@ -189,6 +189,10 @@ class PackedFile:
         self.close()
         n = len(self.names)
         order = sorted(range(n), key=self.names.__getitem__)
+        for a, b in zip(order, order[1:]):   # sorted: a name used twice sits next to itself
+            if self.names[a] == self.names[b]:
+                name = self.names[a].decode("utf-8", "replace")
+                raise ValueError(f"the dataset name {name!r} is used twice")
         at = self.end + (-self.end % 8)
         headers, header_addrs = self._headers(at)
         at += len(headers)
@@ -210,7 +214,10 @@ class PackedFile:
         addrs = np.empty(n, np.uint64)
         if not n:
             return b"", addrs
-        ranks = np.fromiter((len(s) for s in self.shapes), np.int64, n)
+        ranks = np.frombuffer(self.ranks, np.uint8).astype(np.int64)
+        starts = np.cumsum(ranks) - ranks
+        flat_dims = np.frombuffer(self.dims, np.int64).astype(np.uint64)
+        all_addrs = np.frombuffer(self.addrs, np.uint64)
         blob = []
         pos = at
         # one rank per job in practice; grouped so each group is one structured array
@@ -222,14 +229,14 @@ class PackedFile:
             h["prefix"] = (1 | (4 << 16), 1, dt.itemsize - 16, 0)   # version 1, 4 messages; refcount; size
             h["space_msg"] = 1 | (space_body << 16)
             h["space"] = 1 | (rank << 8) | (1 << 16)                  # version 1, rank, max dims present
-            dims = np.array([self.shapes[i] for i in idx.tolist()], np.uint64).reshape(len(idx), rank)
+            dims = flat_dims[starts[idx][:, None] + np.arange(rank)]
             h["dims"], h["maxdims"] = dims, dims
             h["middle"] = np.frombuffer(self._middle, f"V{len(self._middle)}")[0]
             size = np.prod(dims, axis=1, dtype=np.uint64) * np.uint64(self.dtype.itemsize)
             # layout, 24 bytes; marked constant once storage is allocated (libhdf5 leaves empty ones not)
             h["layout_msg"] = np.uint64(8 | (24 << 16)) | ((size > 0).astype(np.uint64) << np.uint64(32))
             h["layout"] = 3 | (1 << 8)                                # version 3, contiguous
-            h["addr"] = np.array(self.addrs, np.uint64)[idx]
+            h["addr"] = all_addrs[idx]
             h["size"] = size
             addrs[idx] = pos + dt.itemsize * np.arange(len(idx), dtype=np.uint64)
             pos += h.nbytes
