@@ -325,7 +325,10 @@ def test_window_buffers_are_bounded_reused_and_grow_when_needed():
 
     spec = OutputSpec(layout="flat", output_format="all", num_layers=3, dim=4)
     bufs = WindowBuffers(_Pipeline(), spec, count=2, rows_hint=10)
-    a, b = bufs.take(_window(0, [3, 4])), bufs.take(_window(2, [10]))
+    a = bufs.take(_window(0, [3, 4]))
+    assert bufs.made == 2 and bufs.free.qsize() == 1   # all made at the first window: memory taken at once
+    b = bufs.take(_window(2, [10]))
+    assert (a._base == 0).all() and (b._base == 0).all()          # and written (resident), not just reserved
     assert a.shape == (3, 7, 4) and b.shape == (3, 10, 4)
     assert a._base.numel() == b._base.numel() == 3 * 10 * 4       # made at the hinted size
     bufs.give(a)

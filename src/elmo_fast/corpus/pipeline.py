@@ -406,8 +406,10 @@ class WindowBuffers:
     window, waiting while all are with the writer; the writer gives each back once written. Two
     suffice to keep both stages busy (one filled while one is written); a third absorbs jitter.
 
-    `rows_hint`: the most rows a window will need (the first pass counts them), so buffers are made
-    once at full size; a window that needs more replaces a buffer with a larger one."""
+    `rows_hint`: the most rows a window will need (the first pass counts them). All `count` buffers
+    are made at the first window, at that size, and zeroed, so that the job holds its steady-state
+    memory from its start (a short job peaks where a long one does); a window that needs more
+    replaces a buffer with a larger one."""
 
     def __init__(self, p: _Pipeline, spec: OutputSpec, count: int = 3, rows_hint: int = 0):
         self.p, self.spec, self.count, self.rows_hint = p, spec, count, rows_hint
@@ -419,14 +421,16 @@ class WindowBuffers:
         rows = len(w) if spec.pooled else int(w.offsets[-1])
         per_row = len(spec.stored) * spec.dim
         need = per_row * rows
-        if self.made < self.count and self.free.empty():
-            flat, self.made = None, self.made + 1
-        else:
-            flat = self.p.get(self.free)
-            if flat.numel() < need:
-                flat = None  # dropped: a larger one takes its place
-        if flat is None:
-            flat = torch.empty(max(need, per_row * self.rows_hint), dtype=_STORAGE_TORCH[spec.dtype_out])
+        if not self.made:
+            # all made at once, at full size and written (zeros): the job's steady-state memory is
+            # taken at its start, whatever the corpus length, and a machine short of it fails here
+            size = max(need, per_row * self.rows_hint)
+            for _ in range(self.count):
+                self.free.put(torch.zeros(size, dtype=_STORAGE_TORCH[spec.dtype_out]))
+            self.made = self.count
+        flat = self.p.get(self.free)
+        if flat.numel() < need:   # a window larger than the hint: a larger buffer takes its place
+            flat = torch.empty(need, dtype=_STORAGE_TORCH[spec.dtype_out])
         buf = flat[:need].view(len(spec.stored), rows, spec.dim)
         if spec.pooled and not w.lengths.all():  # sentences without tokens: zero vectors
             buf[:, torch.from_numpy(np.flatnonzero(w.lengths == 0))] = 0
