@@ -129,6 +129,29 @@ def test_the_unhashed_last_piece_is_redone_on_resume(capsys, corpus, model, tmp_
     assert os.listdir(tmp_path) == ["out.h5"]
 
 
+def test_a_full_last_piece_is_not_hashed(capsys, model, tmp_path, monkeypatch):
+    """A corpus that fills its last piece exactly (16 sentences, pieces of 8): that piece is still
+    the last, so it is not read back to hash it (a 100 k-sentence job once spent 9 s of its 29
+    hashing the piece it was about to assemble)."""
+    from elmo_fast.corpus import manifest as manifest_mod
+
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(corpus_lines(16)) + "\n")
+    hashed = []
+    real = manifest_mod.file_sha256
+    monkeypatch.setattr(pipeline, "file_sha256", lambda p: (hashed.append(p), real(p))[1])
+
+    def assemble(*a):
+        raise _Boom("while assembling")
+
+    monkeypatch.setattr(pipeline, "_assemble", assemble)
+    with pytest.raises(_Boom):
+        embed(capsys, src, tmp_path / "out.h5", model, *JOB, "--layout", "allennlp")
+    pieces = json.loads((parts_dir(tmp_path / "out.h5") / "manifest.json").read_text())["pieces"]
+    assert [p["n"] for p in pieces] == [8, 8] and len(hashed) == 1
+    assert len(pieces[0]["sha256"]) == 64 and pieces[1]["sha256"] is None
+
+
 def test_manifest_mismatches_are_refused(capsys, corpus, model, other_model, tmp_path, monkeypatch):
     out = tmp_path / "out.h5"
     _fail_after_pieces(monkeypatch, 1)

@@ -321,7 +321,7 @@ class _Writer:
                                f"completed before {self.next_start}")
         if buf is None:
             self._piece_writer(w.start).end_window(w)
-            self._after_window()
+            self._after_window(w.stop)
         else:
             self._write(WindowOut(w.start, w.lines, w.text, w.lengths, _as_numpy(buf)))
             self.buffers.give(buf)
@@ -345,11 +345,15 @@ class _Writer:
 
     def _write(self, wo: WindowOut) -> None:
         self._piece_writer(wo.start).add(wo)
-        self._after_window()
+        self._after_window(wo.start + len(wo.lengths))
 
-    def _after_window(self) -> None:
+    def _after_window(self, stop: int) -> None:
+        """A window ending before sentence `stop` is in the piece: closes it when full, unless that
+        window was the job's last (then it is closed as the last piece: no checksum to compute)."""
         out, writer, _, _, opened = self.piece
         out.check()
+        if stop >= self.job.stop:
+            return
         if writer.n >= self.job.piece_sentences or time.monotonic() - opened >= self.job.piece_seconds:
             self._close_piece()
 
