@@ -4,6 +4,7 @@
   python bench/bench_pipeline.py stub   [--quick] [--dir D]   host-side ceiling, model stubbed
   python bench/bench_pipeline.py e2e    [--quick]             real CPU job vs allennlp's embed_file
   python bench/bench_pipeline.py memory [--quick]             peak RSS: 5 k vs 100 k sentences
+  python bench/bench_pipeline.py pieces [--quick]             allennlp job in 1 piece vs in 4 (+ merge)
   python bench/bench_pipeline.py long-line [--long-line T]     peak RSS of one long line (CPU: about an hour)
   python bench/bench_pipeline.py all    [--quick] [--json F]
 
@@ -23,7 +24,10 @@ same batch size, same run.
 memory / long-line: each measurement is a fresh subprocess reporting
 resource.getrusage(RUSAGE_SELF).ru_maxrss: (memory) the stubbed job on 5 k and on 100 k sentences
 (peak memory must not grow with the corpus); (long-line) the real model on one long line (100 k
-tokens by default, original architecture; the LSTM's time chunking bounds it). `all` runs every mode.
+tokens by default, original architecture; the LSTM's time chunking bounds it).
+pieces: the stubbed allennlp --top float32 job on --sentences, in one piece and in 4 (the first three
+hashed, then all merged into the output), each in a fresh process, --stub-reps times (medians): the
+cost of a run's resume checkpoints. `all` runs every mode.
 
 Numbers are only meaningful on a quiet machine; this script records nothing by itself (--json).
 """
@@ -250,9 +254,10 @@ def _child(args) -> None:
 
         model = EmbedderModel(ElmoEmbedder(args.options, args.weights, stateful=False, progress=False))
     t = time.perf_counter()
+    extra = {} if args.piece_sentences is None else {"piece_sentences": args.piece_sentences}
     embed_corpus(model, args.input, args.output, args.format, batch_size=args.batch_size,
                  batch_tokens=args.batch_tokens, layout=args.layout, dtype_out=args.dtype_out, progress=False,
-                 batching="bucket")
+                 batching="bucket", **extra)
     secs = time.perf_counter() - t
     size = os.path.getsize(args.output)
     os.unlink(args.output)
@@ -283,6 +288,31 @@ def bench_memory(args) -> List[Dict]:
         rows.append(dict(bench="memory", job="stub", growth=ratio))
         print(f"memory stub: {large} / {small} sentences peak RSS ratio {ratio:.3f} (target <= 1.10)",
               flush=True)
+    return rows
+
+
+def bench_pieces(args) -> List[Dict]:
+    """The stubbed allennlp --top float32 job in one piece and in 4 (written, hashed, merged): what
+    a run longer than one piece (100 k sentences by default) pays for its resume checkpoints."""
+    rows = []
+    n = 2_000 if args.quick else args.sentences
+    with tempfile.TemporaryDirectory(dir=args.dir) as d:
+        src = os.path.join(d, "corpus.txt")
+        tokens = write_corpus(src, n)
+        times: Dict[int, List[float]] = {1: [], 4: []}
+        for _ in range(1 if args.quick else args.stub_reps):
+            for pieces in (1, 4):
+                r = _measure("stub", src, os.path.join(d, "o.h5"),
+                             ["--layout", "allennlp", "--format", "top", "--dtype-out", "float32",
+                              "--piece-sentences", str(-(-n // pieces))])
+                times[pieces].append(r["seconds"])
+        for pieces, ts in times.items():
+            med = statistics.median(ts)
+            rows.append(dict(bench="pieces", layout="allennlp", format="top", dtype_out="float32",
+                             sentences=n, tokens=tokens, pieces=pieces, seconds=med, seconds_each=ts,
+                             tokens_per_s=tokens / med))
+            print(f"pieces allennlp --top float32, {pieces} piece(s): {tokens / med:,.0f} tok/s "
+                  f"({', '.join(f'{t:.2f}' for t in ts)} s)", flush=True)
     return rows
 
 
@@ -325,7 +355,7 @@ def environment() -> Dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=("stub", "e2e", "memory", "long-line", "all", "_child"))
+    p.add_argument("what", choices=("stub", "e2e", "memory", "pieces", "long-line", "all", "_child"))
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks that everything runs")
     p.add_argument("--dir", default=None, help="where outputs go (default: the system temporary folder)")
     p.add_argument("--sentences", type=int, default=20_000, help="stub: corpus size")
@@ -344,6 +374,7 @@ def parse_args(argv=None):
     p.add_argument("--options")
     p.add_argument("--weights")
     p.add_argument("--batch-tokens", type=int, default=None)
+    p.add_argument("--piece-sentences", type=int, default=None)
     p.add_argument("--layout", default="flat")
     p.add_argument("--format", default="top")
     p.add_argument("--dtype-out", default="float16")
@@ -357,7 +388,7 @@ def main(argv=None) -> int:
         return 0
     rows: List[Dict] = []
     for what, fn in (("stub", bench_stub), ("e2e", bench_e2e), ("memory", bench_memory),
-                     ("long-line", bench_long_line)):
+                     ("pieces", bench_pieces), ("long-line", bench_long_line)):
         if args.what in (what, "all"):
             rows += fn(args)
     if args.json:

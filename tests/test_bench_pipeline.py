@@ -28,3 +28,14 @@ def test_e2e_quick_records_both_jobs(tmp_path):
     if "skipped" in theirs:
         pytest.skip(theirs["skipped"])
     assert theirs["speedup"] == pytest.approx(statistics.median(theirs["times_s"]) / ours["seconds"])
+
+
+@pytest.mark.slow
+def test_pieces_quick_records_one_and_four(tmp_path):
+    out = tmp_path / "pieces.json"
+    argv = ["pieces", "--quick", "--dir", str(tmp_path), "--json", str(out)]
+    assert _bench_pipeline().main(argv) in (0, None)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["pieces"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["tokens"] > 0 and r["seconds"] == statistics.median(r["seconds_each"]) > 0

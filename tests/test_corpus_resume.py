@@ -261,12 +261,15 @@ def _wait_for_pieces(proc, out, k, timeout=60):
     pytest.fail("no piece completed in time")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["KILL", "INT", "TERM"])
-def test_signal_mid_job_then_resume(capsys, corpus, model, tmp_path, reference, sig):
+@pytest.mark.parametrize("sig,layout", [(signal.SIGKILL, "flat"), (signal.SIGINT, "flat"),
+                                        (signal.SIGTERM, "flat"),
+                                        (signal.SIGKILL, "allennlp")],   # allennlp: its file is h5pack's
+                         ids=["KILL", "INT", "TERM", "KILL-allennlp"])
+def test_signal_mid_job_then_resume(capsys, corpus, model, tmp_path, reference, sig, layout):
     out = tmp_path / "out.h5"
     out.write_bytes(b"old")
     os.chmod(out, 0o640)
-    proc = _start(corpus, out, model)
+    proc = _start(corpus, out, model, "--layout", layout)
     _wait_for_pieces(proc, out, 1)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -282,10 +285,10 @@ def test_signal_mid_job_then_resume(capsys, corpus, model, tmp_path, reference, 
         left = sorted(os.listdir(parts_dir(out)))
         assert left == ["lock", "manifest.json"] + [f"piece-{k:05d}.h5" for k in range(len(left) - 2)], left
     assert out.read_bytes() == b"old"                                       # the old output is untouched
-    rc, err = embed(capsys, corpus, out, model, *JOB, "--layout", "flat", "--resume")
+    rc, err = embed(capsys, corpus, out, model, *JOB, "--layout", layout, "--resume")
     assert rc == 0, err
     assert "resuming" in err
-    assert contents(out) == reference["flat"]
+    assert contents(out) == reference[layout]
     assert oct(os.stat(out).st_mode & 0o777) == oct(0o640)                  # replaced: same permissions
     assert not parts_dir(out).exists()
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]

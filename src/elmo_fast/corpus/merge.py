@@ -101,8 +101,8 @@ def _copy(files: List[_File], out: H5Output, progress) -> None:
                 f.f.copy(f.f[key], out.h5, name=key)
             if progress and keys is None:
                 progress(f.n)
-        for f in files:
-            if has_index:
+        for f in files:   # in sentence order: a sentence repeated across parts keeps its last index
+            if "sentence_to_index" in f.f:
                 index.update(json.loads(f.f["sentence_to_index"][0]))
         if has_index:
             write_index(out.h5, index)
