@@ -18,9 +18,11 @@ fill value (v2) and layout (v3, contiguous: address, size). Then `PackedFile.ope
 file to h5py ("r+") for the rest (attributes, the sentence_to_index dataset): libhdf5 itself extends
 the structure, which is one more check that it reads it as it would its own.
 
-Names: any bytes but b"/" and NUL, each used once (checked). Format: HDF5 File Format Specification
-3.0, sections II.A (superblock), III.A.1 (v1 B-trees), III.B-D (symbol table nodes and entries, local
-heaps), IV.A (object headers and messages).
+`list_datasets` reads that structure back (for merging parts: `create_from` then copies a part's
+datasets by the kernel, in runs). Names: any bytes but b"/" and NUL, each used once (checked when
+the names are sorted, at `finish`). Format: HDF5 File Format Specification 3.0, sections II.A
+(superblock), III.A.1 (v1 B-trees), III.B-D (symbol table nodes and entries, local heaps), IV.A
+(object headers and messages).
 """
 from __future__ import annotations
 
@@ -71,9 +73,10 @@ class PackedFile:
     """Writes datasets into a new hdf5 file through `guard` (a diskio.GuardedFile, empty).
 
     dtype: the stored numpy dtype of every dataset. `create` appends one; `finish` writes the structure;
-    `open_h5` then gives an h5py.File ("r+") on it."""
+    `open_h5` then gives an h5py.File ("r+") on it. limit: runs of datasets in flight in the writes-
+    behind thread (each keeps its arrays alive: a batch's model output, when the writer passes those)."""
 
-    def __init__(self, guard, dtype, limit: int = 8):
+    def __init__(self, guard, dtype, limit: int = 4):
         import h5py
 
         self.guard = guard
