@@ -11,6 +11,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from _faults import fail_nth_write
 
 from elmo_fast.corpus import diskio, h5direct
 from elmo_fast.corpus.diskio import H5Output, OutputWriteError
@@ -71,15 +72,7 @@ def test_a_failed_data_write_is_kept_and_later_writes_dropped(tmp_path, monkeypa
     maker = h5direct.DatasetMaker(out.h5, out.guard, np.float32)
     maker.create(b"0", (2, 3), [np.ones((2, 3), np.float32)])
     out.check()
-    real, calls = diskio.write_all_at, []
-
-    def full(f, parts, offset):
-        calls.append(offset)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(f, parts, offset)
-
-    monkeypatch.setattr(diskio, "write_all_at", full)
+    calls = fail_nth_write(monkeypatch, 2)
     with maker.writes_behind() if behind else contextlib.nullcontext():
         for k in range(1, 5):   # the first succeeds, the second fails, the others are not attempted
             maker.create(str(k).encode(), (4, 3), [np.ones((4, 3), np.float32)])

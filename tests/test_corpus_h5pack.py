@@ -11,6 +11,7 @@ import struct
 import h5py
 import numpy as np
 import pytest
+from _faults import fail_nth_write
 
 from elmo_fast.corpus import diskio, h5pack
 from elmo_fast.corpus.diskio import GuardedFile, H5Output, OutputWriteError
@@ -185,15 +186,7 @@ def test_a_failed_data_write_is_kept_and_named(tmp_path, monkeypatch, behind):
     path = tmp_path / "o.h5"
     out = H5Output(str(path), "the-output.h5", create=False)
     pk = h5pack.PackedFile(out.guard, np.float32)
-    real, calls = diskio.write_all_at, []
-
-    def full(f, parts, offset):
-        calls.append(offset)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(f, parts, offset)
-
-    monkeypatch.setattr(diskio, "write_all_at", full)
+    calls = fail_nth_write(monkeypatch, 2)
     for k in range(3):
         with pk.writes_behind() if behind else _nothing():
             pk.create(str(k).encode(), (4, 3), [np.ones((4, 3), np.float32)])
@@ -321,6 +314,22 @@ def test_copy_range_and_a_short_source(tmp_path, monkeypatch, how):
     got = (tmp_path / "dst.bin").read_bytes()
     assert got[10:5010] == src.read_bytes()[300:5300]
     assert isinstance(g.failure, OSError) and g.failure.errno == errno.EIO
+
+
+def test_a_full_disk_while_copying_is_kept(tmp_path, monkeypatch):
+    """ENOSPC from the kernel's copy is the output's failure (no fallback to read and write)."""
+    def full(*a):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(diskio.os, "copy_file_range", full, raising=False)
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 100)
+    g = GuardedFile(str(tmp_path / "dst.bin"))
+    with open(src, "rb") as fh:
+        g.copy_at(0, fh.fileno(), 0, 100)
+    with pytest.raises(OutputWriteError, match="no space left on device writing out.h5"):
+        g.check("out.h5")
+    g.close()
 
 
 def test_merge_reads_parts_of_any_allennlp_writer(tmp_path):
