@@ -96,7 +96,7 @@ class PackedFile:
         tid = h5py.h5t.py_create(self.dtype)
         self.dtype_message = _pad8(tid.encode()[2:])   # as list_datasets gives it
         # datatype (constant) as libhdf5 encodes it; fill value v2: allocated early, never filled, default
-        self._middle = _message(3, 1, tid.encode()[2:]) + _message(5, 1, bytes([2, 1, 1, 1, 0, 0, 0, 0]))
+        self._middle = _message(3, 1, self.dtype_message) + _message(5, 1, bytes([2, 1, 1, 1, 0, 0, 0, 0]))
 
     # ------------------------------------------------------------------------------------ data
     @contextlib.contextmanager

@@ -129,6 +129,7 @@ def _copy_packed(files: List[_File], out: H5Output, progress):
                 odd = _copy_through_h5py(f, raw, pk)
             else:
                 odd = []
+                size = os.fstat(raw.fileno()).st_size
                 for s in sorted(stored, key=lambda s: s.addr):   # in file order: runs copy at once
                     key = s.name.decode("utf-8")
                     if key == "sentence_to_index":
@@ -136,7 +137,7 @@ def _copy_packed(files: List[_File], out: H5Output, progress):
                     if s.dtype_message != pk.dtype_message:
                         odd.append(key)
                         continue
-                    if s.nbytes and s.addr + s.nbytes > os.fstat(raw.fileno()).st_size:
+                    if s.nbytes and s.addr + s.nbytes > size:
                         raise EmbeddingsError(f"{f.path} ends inside its dataset {key} (truncated file?)")
                     pk.create_from(s.name, s.shape, raw.fileno(), s.addr)
                 pk.close()   # the last copy, while raw is open
