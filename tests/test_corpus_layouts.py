@@ -120,31 +120,6 @@ def test_flat_is_readable_with_plain_h5py(stateless, alone, tmp_path):
     assert_stored(vals, alone[i][2], "bfloat16")
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.uint16])
-def test_chunk_rows_writes_whole_chunks_that_read_back_in_order(tmp_path, dtype):
-    """Pieces of every size around the chunk size (7 rows): empty, shorter, exact, several chunks,
-    then a tail; the file holds their concatenation, and the padding past the extent is zeros."""
-    rng = np.random.default_rng(5)
-    sizes = [3, 0, 4, 7, 1, 15, 6, 2, 21, 5]
-    parts = [rng.standard_normal((n, 3)).astype(dtype) if dtype != np.uint16
-             else rng.integers(1, 60000, (n, 3)).astype(dtype) for n in sizes]
-    with h5py.File(tmp_path / "c.h5", "w", libver="latest") as f:
-        ds = f.create_dataset("v", (0, 3), maxshape=(None, 3), dtype=dtype, chunks=(7, 3), fillvalue=99)
-        rows = layouts.ChunkRows(ds, 7)
-        for a in parts:
-            rows.add(a)
-        rows.finish()
-        assert rows.rows == sum(sizes)
-    with h5py.File(tmp_path / "c.h5") as f:
-        got = f["v"][...]
-        np.testing.assert_array_equal(got, np.concatenate(parts))
-        last = sum(sizes) // 7 * 7   # the stored last chunk, past the extent included
-        _, raw = f["v"].id.read_direct_chunk((last, 0))
-        chunk = np.frombuffer(raw, dtype).reshape(7, 3)
-        np.testing.assert_array_equal(chunk[:sum(sizes) - last], got[last:])
-        assert not chunk[sum(sizes) - last:].any()
-
-
 def test_bfloat16_rounds_to_nearest_even():
     x = torch.tensor([1.0 + 2 ** -9, 1.0 + 3 * 2 ** -9, -2.5, 3.0e38])
     bits = layouts.to_storage(x, "bfloat16").numpy().view(np.uint16)
@@ -281,7 +256,7 @@ def test_a_stage_raising_mid_job_leaves_nothing(stateless, tmp_path, monkeypatch
     out = tmp_path / "out.h5"
     out.write_bytes(b"old")
     calls = {"model": 0}
-    real_model, real_ids, real_add = EmbedderModel.__call__, Window.batch_ids, layouts.FlatWriter.add
+    real_model, real_ids, real_end = EmbedderModel.__call__, Window.batch_ids, layouts.FlatWriter.end_window
 
     def model_call(self, ids):
         calls["model"] += 1
@@ -294,14 +269,14 @@ def test_a_stage_raising_mid_job_leaves_nothing(stateless, tmp_path, monkeypatch
             raise _Boom("feeder")
         return real_ids(self, j)
 
-    def add(self, w):
+    def end_window(self, w):
         if stage == "writer" and w.start >= 4:
             raise _Boom("writer")
-        return real_add(self, w)
+        return real_end(self, w)
 
     monkeypatch.setattr(EmbedderModel, "__call__", model_call)
     monkeypatch.setattr(Window, "batch_ids", ids_call)
-    monkeypatch.setattr(layouts.FlatWriter, "add", add)
+    monkeypatch.setattr(layouts.FlatWriter, "end_window", end_window)
     lines = SENTENCES * 20
     with pytest.raises(_Boom, match=stage):
         embed_corpus(stateless, lines, out, "top", batch_size=1, window=4, progress=False, layout="flat")

@@ -36,17 +36,23 @@ def describe_failure(exc: OSError, output: str) -> OutputWriteError:
     return OutputWriteError(exc.errno or errno.EIO, f"cannot write {output}: {reason}")
 
 
+_IOV_MAX = 1024   # buffers one pwritev takes (Linux's IOV_MAX)
+
+
 def write_all_at(f, parts, offset: int) -> None:
-    """os.pwritev of the buffers `parts` at `offset` in file f, continued after a short write."""
+    """os.pwritev of the buffers `parts` (any number) at `offset` in file f, continued after a short
+    write."""
     fd = f.fileno()
     views = [v for v in (memoryview(b).cast("B") for b in parts) if len(v)]
-    while views:
-        n = os.pwritev(fd, views, offset)
+    i = 0
+    while i < len(views):
+        n = os.pwritev(fd, views[i:i + _IOV_MAX], offset)
         offset += n
-        while views and n >= len(views[0]):
-            n -= len(views.pop(0))
-        if views and n:
-            views[0] = views[0][n:]
+        while i < len(views) and n >= len(views[i]):
+            n -= len(views[i])
+            i += 1
+        if n:
+            views[i] = views[i][n:]
 
 
 _COPY_FALLBACK = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}

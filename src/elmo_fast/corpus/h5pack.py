@@ -190,26 +190,11 @@ class PackedFile:
     def finish(self) -> None:
         """Writes every dataset's header, the names, the B-tree and the superblock."""
         self.close()
-        n = len(self.names)
-        order = sorted(range(n), key=self.names.__getitem__)
-        for a, b in zip(order, order[1:]):   # sorted: a name used twice sits next to itself
-            if self.names[a] == self.names[b]:
-                name = self.names[a].decode("utf-8", "replace")
-                raise ValueError(f"the dataset name {name!r} is used twice")
-        at = self.end + (-self.end % 8)
-        headers, header_addrs = self._headers(at)
-        at += len(headers)
-        heap_addr = at
-        heap, name_offsets = self._heap(order, heap_addr + 32)
-        at += len(heap)
-        snods, snod_addrs, last_names = self._snods(order, header_addrs, name_offsets, at)
-        at += len(snods)
-        tree, tree_addr = self._tree(snod_addrs, last_names, at)
-        eof = at + len(tree)
-        self.guard.write_at(self.end, [b"\0" * (-self.end % 8), headers, heap, snods, tree])
-        top = [self._superblock(eof, tree_addr, heap_addr), self._root(tree_addr, heap_addr)]
-        self.guard.write_at(0, top)
-        self.eof = eof
+        self.eof = write_structure(self.guard, self.end, self.names, self._headers)
+
+    def open_h5(self):
+        """An h5py.File on the finished file, for attributes and other datasets."""
+        return open_h5(self.guard)
 
     def _headers(self, at: int) -> Tuple[bytes, np.ndarray]:
         """Object headers of all datasets, in the order added, from address `at`; their addresses."""
@@ -246,89 +231,116 @@ class PackedFile:
             blob.append(h.tobytes())
         return b"".join(blob), addrs
 
-    def _heap(self, order: List[int], data_addr: int) -> Tuple[bytes, np.ndarray]:
-        """The local heap (32-byte header, then the data segment: b"" then every name, NUL-ended,
-        each padded to 8) and each dataset's name offset."""
-        offsets = np.empty(len(self.names), np.uint64)
-        parts, pos = [b"\0" * 8], 8
-        for i in order:
-            b = _pad8(self.names[i] + b"\0")
-            offsets[i] = pos
-            parts.append(b)
-            pos += len(b)
-        data = b"".join(parts)
-        head = struct.pack("<4sB3xQQQ", b"HEAP", 0, len(data), _FREE_NULL, data_addr)
-        return head + data, offsets
+# ---------------------------------------------------------------------------------------- structure
+def write_structure(guard, end: int, names: List[bytes], headers) -> int:
+    """The rest of a file whose data end at `end`: the object headers (`headers(at)` -> their bytes
+    from address `at`, and each dataset's header address, in the order of `names`), the local heap
+    of the names, the symbol table nodes, the root group's B-tree and the superblock; the end of the
+    file. Names are checked for repeats here (sorted, a repeat sits next to itself)."""
+    n = len(names)
+    order = sorted(range(n), key=names.__getitem__)
+    for a, b in zip(order, order[1:]):
+        if names[a] == names[b]:
+            raise ValueError(f"the dataset name {names[a].decode('utf-8', 'replace')!r} is used twice")
+    at = end + (-end % 8)
+    blob, header_addrs = headers(at)
+    at += len(blob)
+    heap_addr = at
+    heap, name_offsets = _heap(names, order, heap_addr + 32)
+    at += len(heap)
+    snods, snod_addrs, last_names = _snods(order, header_addrs, name_offsets, at)
+    at += len(snods)
+    tree, tree_addr = _tree(snod_addrs, last_names, at)
+    eof = at + len(tree)
+    guard.write_at(end, [b"\0" * (-end % 8), blob, heap, snods, tree])
+    guard.write_at(0, [_superblock(eof, tree_addr, heap_addr), _root(tree_addr, heap_addr)])
+    return eof
 
-    def _snods(self, order, header_addrs, name_offsets, at: int):
-        """Symbol table nodes holding the sorted entries, 8 a node; their addresses and each node's
-        last name offset (the B-tree's keys)."""
-        n = len(order)
-        k = 2 * LEAF_K
-        count = -(-n // k)
-        s = np.zeros(count, _SNOD)
-        s["sig"], s["version"] = b"SNOD", 1
-        s["n"] = k
-        if count:
-            s["n"][-1] = n - k * (count - 1)
-        o = np.array(order, np.int64)
-        e = np.zeros(count * k, _ENTRY)
-        e["name"][:n] = name_offsets[o]
-        e["header"][:n] = header_addrs[o]
-        s["entries"] = e.reshape(count, k)
-        addrs = at + _SNOD.itemsize * np.arange(count, dtype=np.uint64)
-        last = name_offsets[o[np.minimum(np.arange(1, count + 1) * k, n) - 1]] if count else addrs
-        return s.tobytes(), addrs, last
 
-    def _tree(self, children: np.ndarray, last_keys: np.ndarray, at: int):
-        """The B-tree over `children` (symbol table node addresses), built level by level from the
-        leaves; the bytes of all its nodes (from address `at`) and the root's address."""
-        per = 2 * TREE_K
-        levels, level = [], 0
-        first_keys = np.zeros(len(children), np.uint64)   # the empty name bounds every leftmost subtree
-        pos = at
-        while True:
-            count = max(1, -(-len(children) // per))
-            t = np.zeros(count, _TREE)
-            t["sig"], t["type"], t["level"] = b"TREE", 0, level
-            addrs = pos + _TREE.itemsize * np.arange(count, dtype=np.uint64)
-            t["left"] = np.concatenate([[UNDEF], addrs[:-1]]).astype(np.uint64)
-            t["right"] = np.concatenate([addrs[1:], [UNDEF]]).astype(np.uint64)
-            firsts, lasts = np.zeros(count, np.uint64), np.zeros(count, np.uint64)
-            for j in range(count):
-                c = children[j * per:(j + 1) * per]
-                kl = last_keys[j * per:(j + 1) * per]
-                m = len(c)
-                t["n"][j] = m
-                kc = t["kc"][j]
-                kc[0] = first_keys[j * per] if m else 0
-                kc[1:2 * m:2] = c
-                kc[2:2 * m + 1:2] = kl
-                firsts[j] = kc[0]
-                lasts[j] = kl[-1] if m else 0
-            levels.append(t.tobytes())
-            pos += t.nbytes
-            if count == 1:
-                return b"".join(levels), int(addrs[0])
-            children, last_keys, first_keys = addrs, lasts, firsts
-            level += 1
+def _heap(names: List[bytes], order: List[int], data_addr: int) -> Tuple[bytes, np.ndarray]:
+    """The local heap (32-byte header, then the data segment: b"" then every name, NUL-ended,
+    each padded to 8) and each dataset's name offset."""
+    offsets = np.empty(len(names), np.uint64)
+    parts, pos = [b"\0" * 8], 8
+    for i in order:
+        b = _pad8(names[i] + b"\0")
+        offsets[i] = pos
+        parts.append(b)
+        pos += len(b)
+    data = b"".join(parts)
+    head = struct.pack("<4sB3xQQQ", b"HEAP", 0, len(data), _FREE_NULL, data_addr)
+    return head + data, offsets
 
-    def _superblock(self, eof: int, tree: int, heap: int) -> bytes:
-        sb = struct.pack("<8s8BHHI4Q", SIGNATURE, 0, 0, 0, 0, 0, 8, 8, 0, LEAF_K, TREE_K, 0,
-                         0, UNDEF, eof, UNDEF)
-        root_entry = struct.pack("<QQI4xQQ", 0, ROOT_OH, 1, tree, heap)   # cache type 1: the group's stab
-        return sb + root_entry
+def _snods(order, header_addrs, name_offsets, at: int):
+    """Symbol table nodes holding the sorted entries, 8 a node; their addresses and each node's
+    last name offset (the B-tree's keys)."""
+    n = len(order)
+    k = 2 * LEAF_K
+    count = -(-n // k)
+    s = np.zeros(count, _SNOD)
+    s["sig"], s["version"] = b"SNOD", 1
+    s["n"] = k
+    if count:
+        s["n"][-1] = n - k * (count - 1)
+    o = np.array(order, np.int64)
+    e = np.zeros(count * k, _ENTRY)
+    e["name"][:n] = name_offsets[o]
+    e["header"][:n] = header_addrs[o]
+    s["entries"] = e.reshape(count, k)
+    addrs = at + _SNOD.itemsize * np.arange(count, dtype=np.uint64)
+    last = name_offsets[o[np.minimum(np.arange(1, count + 1) * k, n) - 1]] if count else addrs
+    return s.tobytes(), addrs, last
 
-    def _root(self, tree: int, heap: int) -> bytes:
-        msg = _message(17, 0, struct.pack("<QQ", tree, heap))            # symbol table message
-        return struct.pack("<BBHII4x", 1, 0, 1, 1, len(msg)) + msg
+def _tree(children: np.ndarray, last_keys: np.ndarray, at: int):
+    """The B-tree over `children` (symbol table node addresses), built level by level from the
+    leaves; the bytes of all its nodes (from address `at`) and the root's address."""
+    per = 2 * TREE_K
+    levels, level = [], 0
+    first_keys = np.zeros(len(children), np.uint64)   # the empty name bounds every leftmost subtree
+    pos = at
+    while True:
+        count = max(1, -(-len(children) // per))
+        t = np.zeros(count, _TREE)
+        t["sig"], t["type"], t["level"] = b"TREE", 0, level
+        addrs = pos + _TREE.itemsize * np.arange(count, dtype=np.uint64)
+        t["left"] = np.concatenate([[UNDEF], addrs[:-1]]).astype(np.uint64)
+        t["right"] = np.concatenate([addrs[1:], [UNDEF]]).astype(np.uint64)
+        firsts, lasts = np.zeros(count, np.uint64), np.zeros(count, np.uint64)
+        for j in range(count):
+            c = children[j * per:(j + 1) * per]
+            kl = last_keys[j * per:(j + 1) * per]
+            m = len(c)
+            t["n"][j] = m
+            kc = t["kc"][j]
+            kc[0] = first_keys[j * per] if m else 0
+            kc[1:2 * m:2] = c
+            kc[2:2 * m + 1:2] = kl
+            firsts[j] = kc[0]
+            lasts[j] = kl[-1] if m else 0
+        levels.append(t.tobytes())
+        pos += t.nbytes
+        if count == 1:
+            return b"".join(levels), int(addrs[0])
+        children, last_keys, first_keys = addrs, lasts, firsts
+        level += 1
 
-    def open_h5(self):
-        """An h5py.File on the finished file, for attributes and other datasets."""
-        import h5py
+def _superblock(eof: int, tree: int, heap: int) -> bytes:
+    sb = struct.pack("<8s8BHHI4Q", SIGNATURE, 0, 0, 0, 0, 0, 8, 8, 0, LEAF_K, TREE_K, 0,
+                     0, UNDEF, eof, UNDEF)
+    root_entry = struct.pack("<QQI4xQQ", 0, ROOT_OH, 1, tree, heap)   # cache type 1: the group's stab
+    return sb + root_entry
 
-        self.guard.flush()
-        return h5py.File(self.guard, "r+")
+def _root(tree: int, heap: int) -> bytes:
+    msg = _message(17, 0, struct.pack("<QQ", tree, heap))            # symbol table message
+    return struct.pack("<BBHII4x", 1, 0, 1, 1, len(msg)) + msg
+
+def open_h5(guard):
+    """An h5py.File ("r+") on a finished file, for attributes and other datasets: libhdf5 itself
+    then extends the structure written here."""
+    import h5py
+
+    guard.flush()
+    return h5py.File(guard, "r+")
 
 
 # ------------------------------------------------------------------------------------------ reading

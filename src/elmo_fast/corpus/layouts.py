@@ -217,100 +217,93 @@ def chunk_rows(dim: int, itemsize: int) -> int:
     return max(1, _CHUNK_BYTES // max(1, dim * itemsize))
 
 
-class ChunkRows:
-    """One growing [rows, D] dataset written a whole chunk at a time (H5Dwrite_chunk).
-
-    Rows arrive in order. Whole chunks go to the file straight from the caller's array, with no
-    hyperslab selection, chunk cache or conversion on the way; the last partial chunk waits in
-    `tail` for the next rows, so no chunk is ever read back or written twice. `finish` writes the
-    tail zero-padded (the dataset's extent hides the padding; zeros keep the bytes deterministic)."""
-
-    def __init__(self, ds, chunk: int):
-        self.ds, self.chunk = ds, chunk
-        self.tail = np.zeros((chunk,) + ds.shape[1:], ds.dtype)
-        self.held = 0      # rows in tail
-        self.written = 0   # rows in whole chunks already in the file
-        self.rows = 0      # rows added
-
-    def add(self, a: np.ndarray) -> None:
-        """a: [n, D] in the dataset's dtype (its bytes go to the file as they are)."""
-        if a.dtype != self.tail.dtype or a.shape[1:] != self.tail.shape[1:]:
-            raise TypeError(f"rows of {a.dtype} {a.shape[1:]} for a dataset of "
-                            f"{self.tail.dtype} {self.tail.shape[1:]}")
-        n = len(a)
-        if n == 0:
-            return
-        self.rows += n
-        self.ds.resize(self.rows, 0)   # a chunk can only be written inside the extent
-        i = 0
-        if self.held:
-            i = min(self.chunk - self.held, n)
-            self.tail[self.held:self.held + i] = a[:i]
-            self.held += i
-            if self.held < self.chunk:
-                return
-            self._put(self.tail)
-            self.held = 0
-        while n - i >= self.chunk:
-            self._put(np.ascontiguousarray(a[i:i + self.chunk]))
-            i += self.chunk
-        if i < n:
-            self.tail[:n - i] = a[i:]
-            self.held = n - i
-
-    def _put(self, block: np.ndarray) -> None:
-        self.ds.id.write_direct_chunk((self.written,) + (0,) * (block.ndim - 1), block)
-        self.written += self.chunk
-
-    def finish(self) -> None:
-        if self.held:
-            self.tail[self.held:] = 0
-            self._put(self.tail)
-            self.held = 0
-
-
 class FlatWriter:
-    """Per stored layer one growing [rows, D] dataset, plus offsets, lines and sentences."""
+    """Per stored layer one growing [rows, D] chunked dataset (h5flat.ChunkedFile: each chunk gathered
+    from the rows where they lie, no window copy), plus offsets, lines and sentences, written at
+    `finish` by h5py. out: the piece's diskio.H5Output (no h5py.File until finish).
 
-    def __init__(self, h5, spec: OutputSpec, first: int):
-        import h5py
+    Rows come either a window at a time (`add`: a window buffer, [L_s, rows, D] in input order) or
+    batch by batch (`add_batch` then `end_window`: each batch's own output, [B, L_s, T, D]; the window's
+    sentences are then written in input order from those outputs). Until finish the writer holds, per
+    sentence, 16 bytes and its text (UTF-8): a piece of 100 k sentences ~15 MB."""
 
-        self.f, self.spec, self.first, self.n = h5, spec, first, 0
+    def __init__(self, out, spec: OutputSpec, first: int):
+        from .h5flat import ChunkedFile
+
+        self.out, self.spec, self.first, self.n = out, spec, first, 0
         st = np.dtype(spec.storage_dtype)
-        rows = chunk_rows(spec.dim, st.itemsize)
-        self.vectors = []
-        for name in spec.stored:
-            ds = h5.create_dataset(name, (0, spec.dim), maxshape=(None, spec.dim), dtype=st,
-                                   chunks=(rows, spec.dim))
-            ds.attrs["dtype"] = spec.dtype_out
-            self.vectors.append(ChunkRows(ds, rows))
-        self.offsets = h5.create_dataset("offsets", (1,), maxshape=(None,), dtype=np.int64, chunks=(1 << 16,),
-                                         data=np.zeros(1, np.int64))
-        self.lines = h5.create_dataset("lines", (0,), maxshape=(None,), dtype=np.int64, chunks=(1 << 16,))
-        self.text = None if spec.forget_sentences else h5.create_dataset(
-            "sentences", (0,), maxshape=(None,), dtype=h5py.string_dtype(), chunks=(1 << 12,))
+        self.file = ChunkedFile(out.guard, spec.stored, spec.dim, st, chunk_rows(spec.dim, st.itemsize))
+        self.ends: List[np.ndarray] = []     # per window: each sentence's end row
+        self.lines: List[np.ndarray] = []
+        self.text: List[bytes] = []          # per window: the sentences' UTF-8 bytes, one after the other
+        self.text_sizes: List[np.ndarray] = []
         self.tokens = 0
+        self.outputs: Dict[int, np.ndarray] = {}   # the window's batch outputs, by batch number
 
     def add(self, w: WindowOut) -> None:
-        n = len(w.lengths)
-        for k, rows in enumerate(self.vectors):
-            rows.add(w.data[k])
-        ends = self.tokens + np.cumsum(w.lengths, dtype=np.int64)
-        self.tokens = int(ends[-1]) if n else self.tokens
-        self.offsets.resize(self.n + 1 + n, 0)
-        self.offsets[self.n + 1:] = ends
-        self.lines.resize(self.n + n, 0)
-        self.lines[self.n:] = np.asarray(w.lines, np.int64)
-        if self.text is not None:
-            self.text.resize(self.n + n, 0)
-            self.text[self.n:] = w.text
-        self.n += n
+        for k in range(len(self.spec.stored)):
+            self.file.append(k, [w.data[k]])
+        self.file.drain()   # w.data is given back when add returns: written by then
+        self._index(w.lines, w.text, w.lengths)
+
+    def add_batch(self, w, j: int, out: np.ndarray) -> None:
+        """Batch j of window w (a batching.Window): its output [B, L_s, T, D] in the stored dtype (row r:
+        sentence w.batches[j][r]), kept until `end_window` writes the window (not reused by the model)."""
+        self.outputs[j] = out
+
+    def end_window(self, w) -> None:
+        """After all of w's batches: every stored layer's rows in input order, gathered from the
+        batch outputs (written behind: they stay alive until then), and the window's index."""
+        lengths = w.lengths.tolist()
+        where = [None] * len(lengths)
+        for j, b in enumerate(w.batches):
+            for r, pos in enumerate(b):
+                where[pos] = (self.outputs[j], r)
+        for k in range(len(self.spec.stored)):
+            self.file.append(k, [where[pos][0][where[pos][1], k, :n] for pos, n in enumerate(lengths) if n])
+        self.outputs = {}
+        self._index(w.lines, w.text, w.lengths)
+
+    def _index(self, lines, text, lengths: np.ndarray) -> None:
+        ends = self.tokens + np.cumsum(lengths, dtype=np.int64)
+        if len(ends):
+            self.tokens = int(ends[-1])
+        self.ends.append(ends)
+        self.lines.append(np.asarray(lines, np.int64))
+        if not self.spec.forget_sentences:
+            enc = [t.encode("utf-8") for t in text]
+            self.text.append(b"".join(enc))
+            self.text_sizes.append(np.fromiter(map(len, enc), np.int64, len(enc)))
+        self.n += len(lengths)
+
+    def abort(self) -> None:
+        """The file is being deleted: stop the writes in flight, whatever they met."""
+        self.file.close(raise_error=False)
 
     def finish(self) -> None:
-        for rows in self.vectors:
-            rows.finish()
-        self.f.attrs.update(self.spec.root_attrs(self.first, self.n))
-        self.f.attrs["total_tokens"] = self.tokens
+        import h5py
+
+        self.file.finish()   # every chunk written (or the write error raised) before the file is opened
+        self.out.check()
+        f = self.out.h5 = self.file.open_h5()
+        for name in self.spec.stored:
+            f[name].attrs["dtype"] = self.spec.dtype_out
+        offsets = np.concatenate([np.zeros(1, np.int64)] + self.ends)
+        f.create_dataset("offsets", data=offsets, maxshape=(None,), chunks=(1 << 16,))
+        f.create_dataset("lines", data=np.concatenate([np.zeros(0, np.int64)] + self.lines),
+                         maxshape=(None,), chunks=(1 << 16,))
+        if not self.spec.forget_sentences:
+            ds = f.create_dataset("sentences", (self.n,), maxshape=(None,), dtype=h5py.string_dtype(),
+                                  chunks=(1 << 12,))
+            at = 0
+            for data, sizes in zip(self.text, self.text_sizes):   # a window at a time: bounded memory
+                if not len(sizes):
+                    continue
+                cuts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+                ds[at:at + len(sizes)] = [data[a:b].decode("utf-8") for a, b in zip(cuts, cuts[1:])]
+                at += len(sizes)
+        f.attrs.update(self.spec.root_attrs(self.first, self.n))
+        f.attrs["total_tokens"] = self.tokens
 
 
 def open_output(path: str, label: str, spec: OutputSpec, first: int):
@@ -319,8 +312,8 @@ def open_output(path: str, label: str, spec: OutputSpec, first: int):
     from .diskio import H5Output
 
     if spec.layout == "flat":
-        out = H5Output(path, label)
-        return out, FlatWriter(out.h5, spec, first)
+        out = H5Output(path, label, create=False)
+        return out, FlatWriter(out, spec, first)
     # sentence keys may hold '/', which makes groups: libhdf5's own datasets; else the packed file
     out = H5Output(path, label, create=spec.use_sentence_keys)
     return out, AllennlpWriter(out, spec, first)

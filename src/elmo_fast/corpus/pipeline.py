@@ -14,10 +14,11 @@ Memory is bounded by the queues, never the corpus: the feeder holds one window o
 (tokens only) plus QUEUE batches of character ids; the model stage and the writer share at most
 three window buffers of outputs in the stored dtype (`WindowBuffers`: each the largest window's
 tokens x stored layers x D x itemsize); the model holds one batch, whose output tensors the token
-budget bounds: batch_tokens x (n_layers + 1) x D x 4 bytes for the activations. The allennlp layout
-on the CPU in float32 (`direct_batches`) has no window buffers: the writer takes each batch's output
-as the model returned it (at most QUEUE + 1 batches held), so a model must not reuse the tensors it
-returns (EmbedderModel returns fresh ones).
+budget bounds: batch_tokens x (n_layers + 1) x D x 4 bytes for the activations. On the CPU, unpooled
+(`direct_batches`), there are no window buffers: the writer takes each batch's output as the model
+returned it (converted to the stored dtype) and writes from it: the allennlp layout holds at most
+QUEUE + 1 batches, the flat layout the window being assembled plus the one being written (about two
+window buffers). So a model must not reuse the tensors it returns (EmbedderModel returns fresh ones).
 """
 from __future__ import annotations
 
@@ -233,7 +234,6 @@ class _Pipeline:
 
 
 _END = object()
-_WHOLE = -1  # in place of a batch number: every batch of the window
 
 
 def _feeder(p: _Pipeline, job: Job, start: int, mode: str, q: queue.Queue, pin: bool) -> None:
@@ -298,14 +298,12 @@ class _Writer:
             self.piece = None
 
     def _take(self, w: Window, j: Optional[int], host, event, buf) -> None:
-        """One batch of window w is done: its vectors are in `buf` (CPU; j == _WHOLE: all of its
-        batches) or in `host` (CUDA, copied there without blocking; placed into buf here). The window
-        is written once all are in.
-        buf None (`direct_batches`): host is the batch's own output [B, L_s, T, D], written now."""
+        """One batch of window w is done: its vectors are in `host` (CUDA: copied there without
+        blocking; pooled: one row per sentence), placed into the window buffer `buf` here; the window
+        is written once all are in. buf None (`direct_batches`): host is the batch's own output
+        [B, L_s, T, D], handed to the layout writer now."""
         st = self.pending.setdefault(w.start, [0])
-        if j == _WHOLE:  # the model stage placed all of w's batches in buf itself
-            st[0] += len(w.batches)
-        elif buf is None:
+        if buf is None:
             if host is not None:
                 self._piece_writer(w.start).add_batch(w, j, _as_numpy(host))
         elif host is not None:
@@ -470,20 +468,14 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
         elif cuda:  # one gather of the real tokens on the device: [L_s, tokens, D]
             rows = rows.to(dev, non_blocking=True)
             out = sel.transpose(0, 1)[:, rows[0], rows[1]]
-        elif direct:  # the batch's own output goes to the writer (the model does not reuse it)
+        else:  # CPU (`direct`): the batch's own output goes to the writer (the model does not reuse
+            # it), converted in one op for the batch (per sentence, torch's dispatch cost more than the
+            # conversion), on one thread: on the pool, OpenMP's spinning workers would take the other
+            # stages' core
+            if spec.dtype_out != "float32":
+                with one_thread(dev):
+                    sel = to_storage(sel, spec.dtype_out)
             p.put(q_out, (w, j, sel, None, None))
-            continue
-        else:  # CPU: each sentence straight into its place in the window buffer. Same dtype: numpy
-            # (cheaper slicing; the copy runs without the GIL, beside the writer and the feeder); else torch
-            # converts on the way (numpy's float16 cast is ~6x slower), on one thread: on the pool,
-            # OpenMP's spinning workers would take the other stages' core
-            src, dst = (sel, buf) if sel.dtype != buf.dtype else (_as_numpy(sel), _as_numpy(buf))
-            with one_thread(dev):
-                for r, pos in enumerate(w.batches[j]):
-                    a, n = int(w.offsets[pos]), int(w.lengths[pos])
-                    dst[:, a:a + n] = src[r, :, :n]
-            if j == len(w.batches) - 1:  # one message per window: per batch, the bounded queue would
-                p.put(q_out, (w, _WHOLE, None, None, buf))  # stall this stage while the writer writes
             continue
         out = to_storage(out, spec.dtype_out)
         event = None
@@ -500,11 +492,12 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
 
 
 def direct_batches(spec: OutputSpec, device: torch.device) -> bool:
-    """Whether the writer takes each batch's output as the model returned it, with no window buffer:
-    the allennlp layout on the CPU, unpooled, float32 out (each sentence is a dataset of its own, so
-    the window's input order is not needed; with no conversion there is nothing to copy first)."""
-    return (spec.layout == "allennlp" and not spec.pooled and spec.dtype_out == "float32"
-            and device.type != "cuda")
+    """Whether the writer takes each batch's output as the model returned it (converted to the stored
+    dtype), with no window buffer: unpooled, on the CPU. The allennlp layout writes each sentence as a
+    dataset of its own; the flat one gathers each chunk of rows in input order from the window's batch
+    outputs (h5flat.py). CUDA outputs are gathered on the device and copied to pinned window buffers;
+    pooled ones are a row per sentence, placed into a window buffer (tiny)."""
+    return not spec.pooled and device.type != "cuda"
 
 
 def _job_record(job: Job, model, mode: str) -> Dict[str, Any]:
