@@ -240,3 +240,71 @@ def test_write_all_at_takes_more_buffers_than_one_pwritev(tmp_path):
         diskio.write_all_at(f, parts, 5)
         f.seek(5)
         assert f.read() == b"".join(bytes(p) for p in parts)
+
+
+def test_merge_reads_flat_parts_of_any_writer(tmp_path):
+    """Flat parts as elmo-fast writes them, as libhdf5 writes them (libver latest, rows through a
+    selection), compressed, and with a chunk never written (fill value) merge into one file of our
+    chunks whose every row, line, sentence and offset is the concatenation's."""
+    from elmo_fast.corpus.layouts import OutputSpec
+    from elmo_fast.corpus.merge import merge_files
+
+    rng = np.random.default_rng(6)
+    spec = OutputSpec(layout="flat", output_format="all", dtype_out="float16", num_layers=2, dim=5)
+    chunk = 4
+    rows_all, lengths_all, texts, parts, first = {n: [] for n in spec.stored}, [], [], [], 0
+    for k, how in enumerate(["ours", "latest", "gzip", "hole", "ours"]):
+        lengths = rng.integers(0, 6, int(rng.integers(1, 9)))
+        if how == "hole":
+            lengths = np.array([2 * chunk + 1])
+        total = int(lengths.sum())
+        data = {n: _rows(rng, total, 5, np.float16) for n in spec.stored}
+        if how == "hole":
+            for n in spec.stored:
+                data[n][chunk:2 * chunk] = 0   # the fill value
+        path = tmp_path / f"part{k}.h5"
+        if how == "ours":
+            g = GuardedFile(str(path))
+            cf = h5flat.ChunkedFile(g, spec.stored, 5, np.float16, chunk)
+            for j, n in enumerate(spec.stored):
+                cf.append(j, _split(rng, data[n]))
+            cf.finish()
+            f = cf.open_h5()
+        else:
+            f = h5py.File(path, "w", libver="latest")
+            for n in spec.stored:
+                ds = f.create_dataset(n, (total, 5), maxshape=(None, 5), dtype=np.float16, chunks=(chunk, 5),
+                                      compression="gzip" if how == "gzip" else None)
+                if how == "hole":
+                    ds[:chunk] = data[n][:chunk]
+                    ds[2 * chunk:] = data[n][2 * chunk:]
+                else:
+                    ds[:] = data[n]
+        for n in spec.stored:
+            f[n].attrs["dtype"] = "float16"
+            rows_all[n].append(data[n])
+        text = [f"s{first + i}" for i in range(len(lengths))]
+        f.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        f.create_dataset("lines", data=np.arange(first, first + len(lengths), dtype=np.int64))
+        f.create_dataset("sentences", data=text, dtype=h5py.string_dtype())
+        f.attrs.update(spec.root_attrs(first, len(lengths)))
+        f.attrs["total_tokens"] = total
+        f.close()
+        parts.append(str(path))
+        lengths_all.append(lengths)
+        texts += text
+        first += len(lengths)
+    out = tmp_path / "merged.h5"
+    merge_files(parts[::-1], str(out))
+    lengths = np.concatenate(lengths_all)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["first_sentence"] == 0 and f.attrs["n_sentences"] == first
+        assert f.attrs["total_tokens"] == lengths.sum()
+        for n in spec.stored:
+            assert f[n].chunks == (chunk, 5) and f[n].attrs["dtype"] == "float16"
+            np.testing.assert_array_equal(f[n][()], np.concatenate(rows_all[n]))
+        np.testing.assert_array_equal(f["offsets"][()], np.concatenate([[0], np.cumsum(lengths)]))
+        np.testing.assert_array_equal(f["lines"][()], np.arange(first))
+        assert [s.decode() for s in f["sentences"][()]] == texts
+    structure = _structure(out)   # our chunk index: the merged layers are ChunkedFile's
+    assert set(spec.stored) <= set(structure)

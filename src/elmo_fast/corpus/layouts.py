@@ -15,9 +15,12 @@ allennlp (compatible, one hdf5 dataset per sentence): key str(i) (or the sentenc
   creation, never filled). With use_sentence_keys (keys may hold '/', which makes groups) libhdf5
   makes the datasets (h5direct.py) in a libver "latest" file.
 flat (fast): per stored layer one chunked dataset, "layer_0", "layer_1", "layer_2" for all, "top"
-  or "average" otherwise: [total_tokens, D] (pooled: [n, D]); "offsets" [n + 1] int64 (sentence i is
-  rows offsets[i] .. offsets[i+1] - 1; pooled files keep the offsets for the lengths); "lines" [n]
-  int64, the input line of each sentence; "sentences" [n] vlen str unless forget_sentences.
+  or "average" otherwise: [total_tokens, D] (pooled: [n, D]), chunks of 1 MB of rows, maxshape
+  (None, D); "offsets" [n + 1] int64 (sentence i is rows offsets[i] .. offsets[i+1] - 1; pooled
+  files keep the offsets for the lengths); "lines" [n] int64, the input line of each sentence;
+  "sentences" [n] vlen str unless forget_sentences. The file is in h5py's default format (libver
+  "earliest"); the layers' chunks and their index are written by h5flat.py, not libhdf5, the rest
+  by h5py.
 
 bfloat16 has no numpy dtype: it is stored as uint16 holding the upper 16 bits of the float32 bit
 pattern (round to nearest even), with attribute dtype="bfloat16" on the file and on each flat
