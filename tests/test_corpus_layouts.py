@@ -120,6 +120,27 @@ def test_flat_is_readable_with_plain_h5py(stateless, alone, tmp_path):
     assert_stored(vals, alone[i][2], "bfloat16")
 
 
+@pytest.mark.parametrize("dtype_out", ["float32", "float16", "bfloat16"])
+def test_convert_into_reuses_its_staging_and_equals_to_storage(dtype_out):
+    """The flat layout's batch conversion: bit for bit to_storage's values, on strided inputs, into
+    the same memory while it is large enough, into new memory when a batch is larger."""
+    from elmo_fast.corpus.pipeline import convert_into
+
+    g = torch.Generator().manual_seed(3)
+    staging = None
+    bases = []
+    for shape in [(4, 3, 7, 5), (2, 3, 5, 5), (6, 3, 9, 5), (1, 3, 1, 5)]:
+        acts = torch.randn(shape, generator=g) * 1e3
+        x = acts[:, -1:]                      # a strided view, as --top selects it
+        staging = convert_into(x, dtype_out, staging)
+        want = layouts.to_storage(x, dtype_out)
+        got = staging.view(torch.int16) if dtype_out == "bfloat16" else staging
+        assert got.shape == x.shape and got.dtype == want.dtype
+        assert torch.equal(got, want)
+        bases.append((staging._base if staging._base is not None else staging).data_ptr())
+    assert bases[0] == bases[1] and bases[1] != bases[2] and bases[2] == bases[3]
+
+
 def test_bfloat16_rounds_to_nearest_even():
     x = torch.tensor([1.0 + 2 ** -9, 1.0 + 3 * 2 ** -9, -2.5, 3.0e38])
     bits = layouts.to_storage(x, "bfloat16").numpy().view(np.uint16)

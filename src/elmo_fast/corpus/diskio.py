@@ -98,6 +98,11 @@ class GuardedFile:
             e.filename = e.filename or self.path
             self.failure = e
 
+    def record(self, e: OSError) -> None:
+        """Keeps e as this output's failure, like a failed write of its own (a write elsewhere for
+        the same output, e.g. a side file, failed)."""
+        self._fail(e)
+
     # -- the file-object protocol h5py uses
     def write(self, b) -> int:
         n = len(memoryview(b).cast("B"))

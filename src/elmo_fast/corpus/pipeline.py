@@ -14,11 +14,12 @@ Memory is bounded by the queues, never the corpus: the feeder holds one window o
 (tokens only) plus QUEUE batches of character ids; the model stage and the writer share at most
 three window buffers of outputs in the stored dtype (`WindowBuffers`: each the largest window's
 tokens x stored layers x D x itemsize); the model holds one batch, whose output tensors the token
-budget bounds: batch_tokens x (n_layers + 1) x D x 4 bytes for the activations. On the CPU, unpooled
-(`direct_batches`), there are no window buffers: the writer takes each batch's output as the model
-returned it (converted to the stored dtype) and writes from it: the allennlp layout holds at most
-QUEUE + 1 batches, the flat layout the window being assembled plus the one being written (about two
-window buffers). So a model must not reuse the tensors it returns (EmbedderModel returns fresh ones).
+budget bounds: batch_tokens x (n_layers + 1) x D x 4 bytes for the activations. On the CPU, unpooled,
+in the allennlp layout or the flat one in float32 (`direct_batches`), there are no window buffers:
+the writer takes each batch's output as the model returned it (converted to the stored dtype) and
+writes from it: the allennlp layout holds at most QUEUE + 1 batches, the flat layout the window
+being assembled plus the one being written (about two window buffers). So a model must not reuse
+the tensors it returns (EmbedderModel returns fresh ones).
 """
 from __future__ import annotations
 
@@ -234,6 +235,7 @@ class _Pipeline:
 
 
 _END = object()
+_WHOLE = -1  # in place of a batch number: every batch of the window (placed by the model stage)
 
 
 def _feeder(p: _Pipeline, job: Job, start: int, mode: str, q: queue.Queue, pin: bool) -> None:
@@ -299,11 +301,14 @@ class _Writer:
 
     def _take(self, w: Window, j: Optional[int], host, event, buf) -> None:
         """One batch of window w is done: its vectors are in `host` (CUDA: copied there without
-        blocking; pooled: one row per sentence), placed into the window buffer `buf` here; the window
-        is written once all are in. buf None (`direct_batches`): host is the batch's own output
-        [B, L_s, T, D], handed to the layout writer now."""
+        blocking; pooled: one row per sentence), placed into the window buffer `buf` here, or already
+        in buf (j == _WHOLE: all of w's batches, placed by the model stage); the window is written
+        once all are in. buf None (`direct_batches`): host is the batch's own output [B, L_s, T, D],
+        handed to the layout writer now."""
         st = self.pending.setdefault(w.start, [0])
-        if buf is None:
+        if j == _WHOLE:  # the model stage placed all of w's batches in buf itself
+            st[0] += len(w.batches) - 1
+        elif buf is None:
             if host is not None:
                 self._piece_writer(w.start).add_batch(w, j, _as_numpy(host))
         elif host is not None:
@@ -448,7 +453,7 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
     dev = model.device
     cuda = dev.type == "cuda"
     direct = direct_batches(spec, dev)
-    current, buf = None, None
+    current, buf, staging = None, None, None
     while True:
         item = p.get(q_in)
         if item is _END:
@@ -468,14 +473,27 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
         elif cuda:  # one gather of the real tokens on the device: [L_s, tokens, D]
             rows = rows.to(dev, non_blocking=True)
             out = sel.transpose(0, 1)[:, rows[0], rows[1]]
-        else:  # CPU (`direct`): the batch's own output goes to the writer (the model does not reuse
-            # it), converted in one op for the batch (per sentence, torch's dispatch cost more than the
+        elif direct:  # the batch's own output goes to the writer (the model does not reuse it),
+            # converted in one op for the batch (per sentence, torch's dispatch cost more than the
             # conversion), on one thread: on the pool, OpenMP's spinning workers would take the other
             # stages' core
             if spec.dtype_out != "float32":
                 with one_thread(dev):
                     sel = to_storage(sel, spec.dtype_out)
             p.put(q_out, (w, j, sel, None, None))
+            continue
+        else:  # CPU, flat, converted: the batch converted in one op into a staging tensor reused from
+            # batch to batch, then each sentence's rows to their place in the window buffer by numpy
+            # (cheap slicing; the copies run without the GIL, beside the writer and the feeder)
+            with one_thread(dev):
+                staged = convert_into(sel, spec.dtype_out, staging)
+            staging = staged
+            src, dst = _as_numpy(staged), _as_numpy(buf)
+            for r, pos in enumerate(w.batches[j]):
+                a, n = int(w.offsets[pos]), int(w.lengths[pos])
+                dst[:, a:a + n] = src[r, :, :n]
+            if j == len(w.batches) - 1:  # one message per window: per batch, the bounded queue would
+                p.put(q_out, (w, _WHOLE, None, None, buf))  # stall this stage while the writer writes
             continue
         out = to_storage(out, spec.dtype_out)
         event = None
@@ -493,11 +511,29 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
 
 def direct_batches(spec: OutputSpec, device: torch.device) -> bool:
     """Whether the writer takes each batch's output as the model returned it (converted to the stored
-    dtype), with no window buffer: unpooled, on the CPU. The allennlp layout writes each sentence as a
-    dataset of its own; the flat one gathers each chunk of rows in input order from the window's batch
-    outputs (h5flat.py). CUDA outputs are gathered on the device and copied to pinned window buffers;
-    pooled ones are a row per sentence, placed into a window buffer (tiny)."""
-    return not spec.pooled and device.type != "cuda"
+    dtype in one op), with no window buffer: unpooled, on the CPU, in the allennlp layout (each
+    sentence a dataset of its own) or the flat one in float32 (each chunk of rows gathered in input
+    order from the window's batch outputs, h5flat.py). A converted flat output goes through window
+    buffers instead: they are made once, at the job's start, so its memory does not depend on how
+    each batch's conversion is allocated, and gathering from converted batches was no faster. CUDA
+    outputs are gathered on the device and copied to pinned window buffers; pooled ones are a row per
+    sentence, placed into a window buffer (tiny)."""
+    return (not spec.pooled and device.type != "cuda"
+            and (spec.layout == "allennlp" or spec.dtype_out == "float32"))
+
+
+def convert_into(x: torch.Tensor, dtype_out: str, staging: Optional[torch.Tensor]) -> torch.Tensor:
+    """x (float32) in the stored dtype, written into the memory of `staging` (the tensor this returned
+    last time, or None) when that is large enough, else into a new tensor: one conversion op, with
+    no allocation from batch to batch. Returns the stored tensor, shaped like x (bfloat16 as a
+    bfloat16 tensor: the rounding of `to_storage`, to nearest even)."""
+    n = x.numel()
+    base = None if staging is None else (staging._base if staging._base is not None else staging)
+    if base is None or base.numel() < n:
+        base = torch.empty(n, dtype=_STORAGE_TORCH[dtype_out])
+    out = base.view(-1)[:n].view(x.shape)
+    out.copy_(x)
+    return out
 
 
 def _job_record(job: Job, model, mode: str) -> Dict[str, Any]:
