@@ -4,7 +4,7 @@
   python bench/bench_pipeline.py stub   [--quick] [--dir D]   host-side ceiling, model stubbed
   python bench/bench_pipeline.py e2e    [--quick]             real CPU job vs allennlp's embed_file
   python bench/bench_pipeline.py memory [--quick]             peak RSS: 5 k vs 100 k sentences
-  python bench/bench_pipeline.py pieces [--quick]             allennlp job in 1 piece vs in 4 (+ merge)
+  python bench/bench_pipeline.py pieces [--quick]             the job in 1 piece vs in 4 (+ merge)
   python bench/bench_pipeline.py long-line [--long-line T]     peak RSS of one long line (CPU: about an hour)
   python bench/bench_pipeline.py all    [--quick] [--json F]
 
@@ -25,9 +25,9 @@ memory / long-line: each measurement is a fresh subprocess reporting
 resource.getrusage(RUSAGE_SELF).ru_maxrss: (memory) the stubbed job on 5 k and on 100 k sentences
 (peak memory must not grow with the corpus); (long-line) the real model on one long line (100 k
 tokens by default, original architecture; the LSTM's time chunking bounds it).
-pieces: the stubbed allennlp --top float32 job on --sentences, in one piece and in 4 (the first three
-hashed, then all merged into the output), each in a fresh process, --stub-reps times (medians): the
-cost of a run's resume checkpoints. `all` runs every mode.
+pieces: the stubbed job on --sentences (allennlp --top float32, flat --top float16), in one piece and
+in 4 (the first three hashed, then all merged into the output), each in a fresh process, --stub-reps
+times (medians): the cost of a run's resume checkpoints. `all` runs every mode.
 
 Numbers are only meaningful on a quiet machine; this script records nothing by itself (--json).
 """
@@ -292,27 +292,29 @@ def bench_memory(args) -> List[Dict]:
 
 
 def bench_pieces(args) -> List[Dict]:
-    """The stubbed allennlp --top float32 job in one piece and in 4 (written, hashed, merged): what
-    a run longer than one piece (100 k sentences by default) pays for its resume checkpoints."""
+    """The stubbed job (allennlp --top float32, flat --top float16) in one piece and in 4 (written,
+    the first three hashed, merged): what a run longer than one piece (100 k sentences by default)
+    pays for its resume checkpoints."""
     rows = []
     n = 2_000 if args.quick else args.sentences
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         src = os.path.join(d, "corpus.txt")
         tokens = write_corpus(src, n)
-        times: Dict[int, List[float]] = {1: [], 4: []}
-        for _ in range(1 if args.quick else args.stub_reps):
-            for pieces in (1, 4):
-                r = _measure("stub", src, os.path.join(d, "o.h5"),
-                             ["--layout", "allennlp", "--format", "top", "--dtype-out", "float32",
-                              "--piece-sentences", str(-(-n // pieces))])
-                times[pieces].append(r["seconds"])
-        for pieces, ts in times.items():
-            med = statistics.median(ts)
-            rows.append(dict(bench="pieces", layout="allennlp", format="top", dtype_out="float32",
-                             sentences=n, tokens=tokens, pieces=pieces, seconds=med, seconds_each=ts,
-                             tokens_per_s=tokens / med))
-            print(f"pieces allennlp --top float32, {pieces} piece(s): {tokens / med:,.0f} tok/s "
-                  f"({', '.join(f'{t:.2f}' for t in ts)} s)", flush=True)
+        for layout, dtype_out in (("allennlp", "float32"), ("flat", "float16")):
+            times: Dict[int, List[float]] = {1: [], 4: []}
+            for _ in range(1 if args.quick else args.stub_reps):
+                for pieces in (1, 4):
+                    r = _measure("stub", src, os.path.join(d, "o.h5"),
+                                 ["--layout", layout, "--format", "top", "--dtype-out", dtype_out,
+                                  "--piece-sentences", str(-(-n // pieces))])
+                    times[pieces].append(r["seconds"])
+            for pieces, ts in times.items():
+                med = statistics.median(ts)
+                rows.append(dict(bench="pieces", layout=layout, format="top", dtype_out=dtype_out,
+                                 sentences=n, tokens=tokens, pieces=pieces, seconds=med, seconds_each=ts,
+                                 tokens_per_s=tokens / med))
+                print(f"pieces {layout} --top {dtype_out}, {pieces} piece(s): {tokens / med:,.0f} tok/s "
+                      f"({', '.join(f'{t:.2f}' for t in ts)} s)", flush=True)
     return rows
 
 

@@ -36,6 +36,7 @@ def test_pieces_quick_records_one_and_four(tmp_path):
     argv = ["pieces", "--quick", "--dir", str(tmp_path), "--json", str(out)]
     assert _bench_pipeline().main(argv) in (0, None)
     rows = json.loads(out.read_text())["rows"]
-    assert [r["pieces"] for r in rows] == [1, 4]
+    want = [(layout, k) for layout in ("allennlp", "flat") for k in (1, 4)]
+    assert [(r["layout"], r["pieces"]) for r in rows] == want
     for r in rows:
         assert r["tokens"] > 0 and r["seconds"] == statistics.median(r["seconds_each"]) > 0
