@@ -192,9 +192,11 @@ def test_parts_are_checked(tmp_path):
     g = GuardedFile(str(tmp_path / "o.h5"))
     cf = h5flat.ChunkedFile(g, ["v"], 4, np.float16, 4)
     bads = (np.zeros((2, 4), np.float32), np.zeros((2, 3), np.float16), np.zeros((4, 8), np.float16)[:, ::2])
+    good = np.ones((3, 4), np.float16)
     for bad in bads:
         with pytest.raises(TypeError, match="for a dataset of float16"):
-            cf.append(0, [bad])
+            cf.append(0, [good, bad])   # nothing of the call is taken, not even the good part
+    assert cf.rows == [0] and cf.held == [0]
     cf.close()
     g.close()
 

@@ -73,15 +73,16 @@ class ChunkedFile:
         dataset k. Whole chunks are gathered from the parts and written by the writes-behind thread:
         the parts must not change until `drain` (or `close`); the rows of a last partial chunk are
         copied here and wait for the next append."""
+        for a in parts:   # all checked first: a bad part changes nothing
+            if a.dtype != self.dtype or a.shape[1:] != (self.dim,) or not a.flags.c_contiguous:
+                raise TypeError(f"rows of {a.dtype} {a.shape[1:]} (contiguous: {a.flags.c_contiguous}) "
+                                f"for a dataset of {self.dtype} ({self.dim},)")
         chunk, tail, held = self.chunk, self.tails[k], self.held[k]
         run: list = []                     # buffers of the chunks completed, consecutive in the file
         run_at = self.end
         cur: list = [None] if held else []   # the chunk being gathered; None: the tail's rows
         have = held
         for a in parts:
-            if a.dtype != self.dtype or a.shape[1:] != (self.dim,) or not a.flags.c_contiguous:
-                raise TypeError(f"rows of {a.dtype} {a.shape[1:]} (contiguous: {a.flags.c_contiguous}) "
-                                f"for a dataset of {self.dtype} ({self.dim},)")
             n, i = len(a), 0
             self.rows[k] += n
             while i < n:
