@@ -216,7 +216,7 @@ def _copy_flat(files: List[_File], out: H5Output, progress) -> None:
     out.check()
     dst = out.h5 = cf.open_h5()
     for name in names:
-        for k, v in src0.attrs.items():
+        for k, v in first.f[name].attrs.items():
             dst[name].attrs[k] = v
     for name in ["lines"] + (["sentences"] if "sentences" in first.f else []):
         src0 = first.f[name]
