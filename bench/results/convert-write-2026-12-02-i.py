@@ -40,6 +40,16 @@ def _writer(fd, q, free=None):
             free.put(o)
 
 
+def _done(q, th, fd, t) -> float:
+    """Ends the writer thread; the seconds since t (everything written); removes the file."""
+    q.put(None)
+    th.join()
+    dt = time.perf_counter() - t
+    os.close(fd)
+    os.unlink(f"{DIR}/p.bin")
+    return dt
+
+
 def current() -> float:
     fd = os.open(f"{DIR}/p.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     q: queue.Queue = queue.Queue(8)
@@ -48,12 +58,7 @@ def current() -> float:
     t = time.perf_counter()
     for T in lengths:
         q.put(x[:, -1:, :T].to(torch.float16))
-    q.put(None)
-    th.join()
-    dt = time.perf_counter() - t
-    os.close(fd)
-    os.unlink(f"{DIR}/p.bin")
-    return dt
+    return _done(q, th, fd, t)
 
 
 def staged(rows: int = 256, ring: int = 8) -> float:
@@ -80,12 +85,7 @@ def staged(rows: int = 256, ring: int = 8) -> float:
                     q.put(buf)
                     buf, have, parts = free.get(), 0, []
         free.put(buf)
-    q.put(None)
-    th.join()
-    dt = time.perf_counter() - t
-    os.close(fd)
-    os.unlink(f"{DIR}/p.bin")
-    return dt
+    return _done(q, th, fd, t)
 
 
 if __name__ == "__main__":
