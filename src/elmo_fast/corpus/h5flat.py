@@ -30,7 +30,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .h5direct import _WritesBehind
-from .h5pack import DATA_START, UNDEF, _message, _pad8, open_h5, write_structure
+from .h5pack import DATA_START, UNDEF, _message, dtype_message, open_h5, siblings, write_structure
 
 CHUNK_K = 32                                   # libhdf5's default for chunk B-trees: 64 children a node
 _FILL = bytes([2, 3, 2, 1, 0, 0, 0, 0])        # fill value v2: incremental, if set, default value
@@ -52,8 +52,6 @@ class ChunkedFile:
 
     def __init__(self, guard, names: Sequence[str], dim: int, dtype, chunk_rows: int,
                  limit: Optional[int] = None):
-        import h5py
-
         self.guard = guard
         self.names = [n.encode("utf-8") for n in names]
         self.dim, self.dtype, self.chunk = int(dim), np.dtype(dtype), int(chunk_rows)
@@ -65,7 +63,7 @@ class ChunkedFile:
         self.end = DATA_START
         self.limit = limit or len(names)
         self._behind: Optional[_WritesBehind] = None
-        self.dtype_message = _pad8(h5py.h5t.py_create(self.dtype).encode()[2:])
+        self.dtype_message = dtype_message(self.dtype)
 
     # ------------------------------------------------------------------------------------ data
     def append(self, k: int, parts: Sequence[np.ndarray]) -> None:
@@ -175,8 +173,7 @@ class ChunkedFile:
             t = np.zeros(count, _NODE)
             t["sig"], t["type"], t["level"] = b"TREE", 1, level
             node_addrs = pos + _NODE.itemsize * np.arange(count, dtype=np.uint64)
-            t["left"] = np.concatenate([[UNDEF], node_addrs[:-1]]).astype(np.uint64)
-            t["right"] = np.concatenate([node_addrs[1:], [UNDEF]]).astype(np.uint64)
+            t["left"], t["right"] = siblings(node_addrs)
             # a node's right key: the next node's first; the last node's: the end of the last chunk
             right = np.concatenate([keys, final])[np.minimum(np.arange(1, count + 1) * per, len(children))]
             for j in range(count):

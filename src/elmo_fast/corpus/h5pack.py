@@ -60,6 +60,21 @@ def _message(kind: int, flags: int, body: bytes) -> bytes:
     return struct.pack("<HHB3x", kind, len(body), flags) + body
 
 
+def dtype_message(dtype) -> bytes:
+    """The body of a datatype message for numpy `dtype`, as libhdf5 encodes it (H5Tencode), padded
+    to 8."""
+    import h5py
+
+    return _pad8(h5py.h5t.py_create(np.dtype(dtype)).encode()[2:])
+
+
+def siblings(addrs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The left and right sibling addresses of B-tree nodes of one level at `addrs` (UNDEF at the
+    ends)."""
+    return (np.concatenate([[UNDEF], addrs[:-1]]).astype(np.uint64),
+            np.concatenate([addrs[1:], [UNDEF]]).astype(np.uint64))
+
+
 def _header_dtype(rank: int, middle: int) -> np.dtype:
     """A dataset's object header with `rank` dims; `middle`: bytes of the constant messages."""
     return np.dtype([("prefix", "<u4", (4,)),
@@ -77,8 +92,6 @@ class PackedFile:
     behind thread (each keeps its arrays alive: a batch's model output, when the writer passes those)."""
 
     def __init__(self, guard, dtype, limit: int = 4):
-        import h5py
-
         self.guard = guard
         self.dtype = np.dtype(dtype)
         # per dataset, compact (a piece holds up to 100 k): name, rank, dims (flat), data address
@@ -93,8 +106,7 @@ class PackedFile:
         self._deferring = False         # inside writes_behind
         self._copy: Optional[list] = None   # [src fd, src offset, bytes, address]: a pending copy
         self._behind: Optional[_WritesBehind] = None
-        tid = h5py.h5t.py_create(self.dtype)
-        self.dtype_message = _pad8(tid.encode()[2:])   # as list_datasets gives it
+        self.dtype_message = dtype_message(self.dtype)   # as list_datasets gives it
         # datatype (constant) as libhdf5 encodes it; fill value v2: allocated early, never filled, default
         self._middle = _message(3, 1, self.dtype_message) + _message(5, 1, bytes([2, 1, 1, 1, 0, 0, 0, 0]))
 
@@ -303,8 +315,7 @@ def _tree(children: np.ndarray, last_keys: np.ndarray, at: int):
         t = np.zeros(count, _TREE)
         t["sig"], t["type"], t["level"] = b"TREE", 0, level
         addrs = pos + _TREE.itemsize * np.arange(count, dtype=np.uint64)
-        t["left"] = np.concatenate([[UNDEF], addrs[:-1]]).astype(np.uint64)
-        t["right"] = np.concatenate([addrs[1:], [UNDEF]]).astype(np.uint64)
+        t["left"], t["right"] = siblings(addrs)
         firsts, lasts = np.zeros(count, np.uint64), np.zeros(count, np.uint64)
         for j in range(count):
             c = children[j * per:(j + 1) * per]

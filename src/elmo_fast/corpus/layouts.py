@@ -31,6 +31,7 @@ from __future__ import annotations
 import array
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
@@ -277,8 +278,6 @@ class FlatWriter:
             self.ends.append(self.tokens)
         self.lines.extend(lines)
         if not self.spec.forget_sentences:
-            import tempfile
-
             enc = [t.encode("utf-8") for t in text]
             self.text_sizes.extend(map(len, enc))
             try:

@@ -82,7 +82,7 @@ def _packable(first: _File) -> bool:
     """Whether the output's structure is ours (out.h5 None until the copy opens it): flat parts go
     into an h5flat.ChunkedFile, allennlp parts keyed by number into an h5pack.PackedFile (sentence
     keys may hold '/', which makes groups: those go through h5py's copy)."""
-    return first.layout == "flat" or not first.keyed
+    return not first.keyed   # (a flat file is never keyed)
 
 
 def _copy(files: List[_File], out: H5Output, progress) -> None:
