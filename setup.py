@@ -44,8 +44,9 @@ class BuildPyWithSources(build_py):
 
 # ---------------------------------------------------------------------------------------------
 # CPU extension elmo_fast._cpu_kernels (csrc/cpu/): the LSTM recurrence's few-rows GEMM and fused
-# cell update (AVX2 + FMA, chosen at run time). Optional: without a C++ compiler, or off x86-64, the
-# install goes on and the reference path uses oneDNN and torch ops there (elmo_fast.reference).
+# cell update, the corpus job's character ids and output placement (AVX2 + FMA + F16C, chosen at run
+# time). Optional: without a C++ compiler, or off x86-64, the install goes on and the reference paths
+# (oneDNN and torch ops, elmo_fast.reference; numpy and torch in elmo_fast.corpus) are used instead.
 #   ELMO_FAST_BUILD_CPU=0  skip;  =1  required (fail on a compile error);  unset  try, warn on failure.
 # ---------------------------------------------------------------------------------------------
 CPU_EXT = "elmo_fast._cpu_kernels"
@@ -54,14 +55,37 @@ CPU_EXT = "elmo_fast._cpu_kernels"
 def _cpu_extension():
     import pybind11  # a build requirement (pyproject.toml)
 
-    sources = [f"csrc/cpu/{n}" for n in ("module.cpp", "few_rows_gemm.cpp", "lstm_cell.cpp")]
+    sources = [f"csrc/cpu/{n}" for n in ("module.cpp", "few_rows_gemm.cpp", "lstm_cell.cpp", "char_ids.cpp",
+                                             "place_rows.cpp")]
     return Extension(CPU_EXT, sources=sources, depends=["csrc/cpu/cpu_kernels.h"],
                      include_dirs=[pybind11.get_include()],
                      language="c++", extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden"])
 
 
 class NvccBuildExt(build_ext):
+    skipped: set = set()   # optional extensions not built this time (nothing to copy for `pip install -e`)
+
+    def copy_extensions_to_source(self):
+        kept = self.extensions
+        self.extensions = [e for e in kept if e.name not in self.skipped]
+        try:
+            super().copy_extensions_to_source()
+        finally:
+            self.extensions = kept
+
+    def get_outputs(self):
+        missing = {os.path.abspath(self.get_ext_fullpath(n)) for n in self.skipped}
+        return [o for o in super().get_outputs() if os.path.abspath(o) not in missing]
+
     def build_extension(self, ext):
+        self.skipped.discard(ext.name)
+        try:
+            return self._build_extension(ext)
+        finally:
+            if not os.path.exists(self.get_ext_fullpath(ext.name)):
+                self.skipped.add(ext.name)
+
+    def _build_extension(self, ext):
         if ext.name == CPU_EXT:
             mode = os.environ.get("ELMO_FAST_BUILD_CPU", "").strip()
             if mode == "0":

@@ -88,12 +88,14 @@ class StubModel:
 
     def __init__(self, num_layers: int = 3, dim: int = 1024):
         self.num_layers, self.dim = num_layers, dim
-        self.buf = None
+        # made here, before the job, as a model's weights and workspace are (at the first call it put
+        # 0.04 s of page faults for 100 MB inside the timed job)
+        self.buf = torch.zeros(64, num_layers, 128, dim)
 
     def __call__(self, ids):
         # a GPU model's output costs the host nothing but reading it: one zero buffer, reused
         B, T = ids.shape[0], ids.shape[1]
-        if self.buf is None or self.buf.shape[0] < B or self.buf.shape[2] < T:
+        if self.buf.shape[0] < B or self.buf.shape[2] < T:
             self.buf = torch.zeros(max(B, 64), self.num_layers, max(T, 128), self.dim)
         mask = (ids[:, :, 0] > 0).long()
         return self.buf[:B, :, :T], mask

@@ -124,7 +124,7 @@ def test_flat_is_readable_with_plain_h5py(stateless, alone, tmp_path):
 def test_convert_into_reuses_its_staging_and_equals_to_storage(dtype_out):
     """The flat layout's batch conversion: bit for bit to_storage's values, on strided inputs, into
     the same memory while it is large enough, into new memory when a batch is larger."""
-    from elmo_fast.corpus.pipeline import convert_into
+    from elmo_fast.corpus.place import convert_into
 
     g = torch.Generator().manual_seed(3)
     staging = None

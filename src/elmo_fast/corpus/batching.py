@@ -68,6 +68,10 @@ class Window:
 def cut(order: Sequence[int], lengths: Sequence[int], batch_size: int,
         batch_tokens: Optional[int]) -> List[List[int]]:
     """Consecutive runs of `order` (positions) within both limits; empty sentences are left out."""
+    if batch_tokens is None:   # runs of batch_size, in numpy (the loop below cost the feeder 8 ms a window)
+        pos = np.asarray(order, dtype=np.int64)
+        pos = pos[np.asarray(lengths, dtype=np.int64)[pos] > 0] if len(pos) else pos
+        return [pos[a:a + batch_size].tolist() for a in range(0, len(pos), batch_size)]
     if isinstance(lengths, np.ndarray):
         lengths = lengths.tolist()
     if isinstance(order, np.ndarray):

@@ -11,6 +11,8 @@ import errno
 import os
 from typing import IO, Optional
 
+import h5py
+
 # Small: it coalesces HDF5's small metadata writes, while vector data (larger) goes straight to the
 # kernel; a large buffer would first copy every dataset smaller than itself (the allennlp layout's
 # one dataset per sentence: about twice as slow with 1 MB as with 4 KB, bench/NOTES.md).
@@ -202,8 +204,6 @@ class H5Output:
     itself and may later set `h5` to an h5py.File on it (h5pack.PackedFile.open_h5)."""
 
     def __init__(self, path: str, output: str, libver: str = "latest", create: bool = True):
-        import h5py
-
         self.output = output
         self.guard = GuardedFile(path)
         self.h5 = h5py.File(self.guard, "w", libver=libver) if create else None

@@ -37,6 +37,13 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+# imported here, not when the first piece opens: in the job, that import (and without bytecode files,
+# compiling these modules: ~0.2 s) would delay the first window's write
+from .diskio import H5Output
+from .h5direct import DatasetMaker
+from .h5flat import ChunkedFile
+from .h5pack import PackedFile
+
 LAYOUTS = ("allennlp", "flat")
 OUTPUT_FORMATS = ("all", "top", "average")
 DTYPES_OUT = ("float32", "float16", "bfloat16")
@@ -142,12 +149,8 @@ class AllennlpWriter:
         self.index: Dict[str, str] = {}
         self.keep_index = not (spec.forget_sentences or spec.use_sentence_keys)
         if out.h5 is None:
-            from .h5pack import PackedFile
-
             self.maker = PackedFile(out.guard, spec.storage_dtype)
         else:
-            from .h5direct import DatasetMaker
-
             self.maker = DatasetMaker(out.h5, out.guard, spec.storage_dtype)
 
     def add(self, w: WindowOut) -> None:
@@ -236,8 +239,6 @@ class FlatWriter:
     ends it), so its memory does not grow with the text."""
 
     def __init__(self, out, spec: OutputSpec, first: int):
-        from .h5flat import ChunkedFile
-
         self.out, self.spec, self.first, self.n = out, spec, first, 0
         st = np.dtype(spec.storage_dtype)
         self.file = ChunkedFile(out.guard, spec.stored, spec.dim, st, chunk_rows(spec.dim, st.itemsize))
@@ -273,17 +274,17 @@ class FlatWriter:
         self._index(w.lines, w.text, w.lengths)
 
     def _index(self, lines, text, lengths: np.ndarray) -> None:
-        for n in lengths.tolist():
-            self.tokens += n
-            self.ends.append(self.tokens)
+        ends = np.cumsum(lengths, dtype=np.int64) + self.tokens
+        self.ends.frombytes(ends.tobytes())
+        self.tokens = int(ends[-1]) if len(ends) else self.tokens
         self.lines.extend(lines)
         if not self.spec.forget_sentences:
-            enc = [t.encode("utf-8") for t in text]
-            self.text_sizes.extend(map(len, enc))
+            data, sizes = utf8_joined(text)
+            self.text_sizes.frombytes(sizes.tobytes())
             try:
                 if self.text is None:
                     self.text = tempfile.TemporaryFile(dir=os.path.dirname(self.out.guard.path) or ".")
-                self.text.write(b"".join(enc))
+                self.text.write(data)
             except OSError as e:   # a full disk here is the output's
                 self.out.guard.record(e)
                 self.out.check()
@@ -317,18 +318,33 @@ class FlatWriter:
                     block = sizes[a:a + (1 << 12)]
                     data = self.text.read(sum(block))
                     cuts = np.concatenate([[0], np.cumsum(block)]).tolist()
-                    ds[a:a + len(block)] = [data[i:j].decode("utf-8") for i, j in zip(cuts, cuts[1:])]
+                    # h5py stores bytes in a UTF-8 string dataset as they are (valid UTF-8: encoded
+                    # from str), without the decode and re-encode of passing str
+                    ds[a:a + len(block)] = np.array([data[i:j] for i, j in zip(cuts, cuts[1:])], dtype=object)
                     f.flush()   # the strings' heap out of libhdf5's cache: it would hold them all
                 self.text.close()
         f.attrs.update(self.spec.root_attrs(self.first, self.n))
         f.attrs["total_tokens"] = self.tokens
 
 
+def utf8_joined(text: List[str]):
+    """Sentences -> (their UTF-8 one after the other: bytes, each one's size in bytes: int64 [n]), with
+    no Python work per sentence beyond its length: the sizes come from the code points (UTF-32)."""
+    joined = "".join(text)
+    data = joined.encode("utf-8")
+    chars = np.fromiter(map(len, text), np.int64, len(text))
+    if len(data) == len(joined):     # ASCII: a byte a character
+        return data, chars
+    cp = np.frombuffer(joined.encode("utf-32-le"), np.uint32)
+    width = np.zeros(len(cp) + 1, np.int64)
+    np.cumsum(1 + (cp >= 0x80) + (cp >= 0x800).astype(np.int64) + (cp >= 0x10000), out=width[1:])
+    ends = np.cumsum(chars)
+    return data, width[ends] - width[ends - chars]
+
+
 def open_output(path: str, label: str, spec: OutputSpec, first: int):
     """A new file at `path` for sentences first.. in spec's layout: (diskio.H5Output, its writer).
     label: the output's name in error messages."""
-    from .diskio import H5Output
-
     if spec.layout == "flat":
         out = H5Output(path, label, create=False)
         return out, FlatWriter(out, spec, first)

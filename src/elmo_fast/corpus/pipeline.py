@@ -42,6 +42,7 @@ from .layouts import OutputSpec, WindowOut, open_output, to_storage
 from .manifest import Manifest, ResumeError, WorkDir, file_sha256, job_difference, model_identity
 from .merge import merge_files
 from .outpath import check_output_path
+from .place import STORAGE_TORCH, as_numpy, place_batch
 from .reader import Scan, Source, open_source, scan, sentence_blocks
 
 QUEUE = 4  # batches in flight between stages
@@ -265,8 +266,9 @@ class _Writer:
     """Assembles windows in input order, writes them to pieces, keeps the manifest."""
 
     def __init__(self, p: _Pipeline, job: Job, work: WorkDir, manifest: Manifest, bar,
-                 first_piece_start: int, buffers: "WindowBuffers"):
+                 first_piece_start: int, buffers: "WindowBuffers", prefill: bool = False):
         self.p, self.job, self.work, self.manifest, self.bar = p, job, work, manifest, bar
+        self.prefill = prefill      # the model stage will take window buffers: make them at the start
         self.piece = None           # (H5Output, layout writer, tmp path, first sentence, opened at)
         self.pending: Dict[int, Any] = {}
         self.buffers = buffers
@@ -277,6 +279,12 @@ class _Writer:
 
     def run(self, q: queue.Queue) -> None:
         try:
+            if self.next_start < self.job.stop:
+                # the first piece opened (imports, the file) and the window buffers made while the
+                # feeder prepares the first window: ~0.2 s that otherwise delayed its write
+                self._piece_writer(self.next_start)
+                if self.prefill and self.buffers.rows_hint:
+                    self.buffers.make()
             while True:
                 item = self.p.get(q)
                 if item is _END:
@@ -310,7 +318,7 @@ class _Writer:
             st[0] += len(w.batches) - 1
         elif buf is None:
             if host is not None:
-                self._piece_writer(w.start).add_batch(w, j, _as_numpy(host))
+                self._piece_writer(w.start).add_batch(w, j, as_numpy(host))
         elif host is not None:
             if event is not None:
                 event.synchronize()
@@ -326,7 +334,7 @@ class _Writer:
             self._piece_writer(w.start).end_window(w)
             self._after_window(w.stop)
         else:
-            self._write(WindowOut(w.start, w.lines, w.text, w.lengths, _as_numpy(buf)))
+            self._write(WindowOut(w.start, w.lines, w.text, w.lengths, as_numpy(buf)))
             self.buffers.give(buf)
         self.next_start = w.stop
         n_tok = int(w.lengths.sum())
@@ -383,9 +391,6 @@ class _Writer:
         self.piece = None
 
 
-_STORAGE_TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 def place(buf: torch.Tensor, w: Window, j: int, out: torch.Tensor, pooled: bool) -> None:
     """Copies batch j's vectors (out: [L_s, tokens or rows, D], batch order) to their places in the
     window buffer (buf: [L_s, window tokens or sentences, D], input order)."""
@@ -400,13 +405,6 @@ def place(buf: torch.Tensor, w: Window, j: int, out: torch.Tensor, pooled: bool)
             r += n
 
 
-def _as_numpy(t: torch.Tensor) -> np.ndarray:
-    """A CPU tensor as numpy without a copy (bfloat16 / its int16 bits -> uint16)."""
-    if t.dtype in (torch.bfloat16, torch.int16):
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.numpy()
-
-
 class WindowBuffers:
     """At most `count` window buffers ([L_s, rows, D] in the stored dtype), reused: the job's output
     memory is count x the largest window, whatever the corpus size. The model stage takes one per
@@ -414,30 +412,38 @@ class WindowBuffers:
     suffice to keep both stages busy (one filled while one is written); a third absorbs jitter.
 
     `rows_hint`: the most rows a window will need (the first pass counts them). All `count` buffers
-    are made at the first window, at that size, and zeroed, so that the job holds its steady-state
-    memory from its start (a short job peaks where a long one does); a window that needs more
-    replaces a buffer with a larger one."""
+    are made at the job's start (`make`: by the writer, or at the first `take`), at that size, and
+    zeroed, so that the job holds its steady-state memory from its start (a short job peaks where a
+    long one does); a window that needs more replaces a buffer with a larger one."""
 
     def __init__(self, p: _Pipeline, spec: OutputSpec, count: int = 3, rows_hint: int = 0):
         self.p, self.spec, self.count, self.rows_hint = p, spec, count, rows_hint
         self.free: queue.Queue = queue.Queue()
         self.made = 0
+        self.lock = threading.Lock()
+
+    def make(self, rows: int = 0) -> None:
+        """Makes all the buffers (once; later calls return at once), each for max(rows, rows_hint)
+        rows: at full size and written (zeros), so that the job's steady-state memory is taken at its
+        start, whatever the corpus length, and a machine short of it fails there. The writer calls
+        this as the job starts, while the feeder prepares the first window (it costs page faults:
+        ~0.08 s for 3 x 50 MB); `take` otherwise."""
+        with self.lock:
+            if self.made:
+                return
+            self.made = self.count
+        size = len(self.spec.stored) * self.spec.dim * max(rows, self.rows_hint)
+        for _ in range(self.count):   # each free as soon as it is made: the model stage takes the first
+            self.free.put(torch.zeros(size, dtype=STORAGE_TORCH[self.spec.dtype_out]))
 
     def take(self, w: Window) -> torch.Tensor:
         spec = self.spec
         rows = len(w) if spec.pooled else int(w.offsets[-1])
-        per_row = len(spec.stored) * spec.dim
-        need = per_row * rows
-        if not self.made:
-            # all made at once, at full size and written (zeros): the job's steady-state memory is
-            # taken at its start, whatever the corpus length, and a machine short of it fails here
-            size = max(need, per_row * self.rows_hint)
-            for _ in range(self.count):
-                self.free.put(torch.zeros(size, dtype=_STORAGE_TORCH[spec.dtype_out]))
-            self.made = self.count
+        need = len(spec.stored) * spec.dim * rows
+        self.make(rows)
         flat = self.p.get(self.free)
         if flat.numel() < need:   # a window larger than the hint: a larger buffer takes its place
-            flat = torch.empty(need, dtype=_STORAGE_TORCH[spec.dtype_out])
+            flat = torch.empty(need, dtype=STORAGE_TORCH[spec.dtype_out])
         buf = flat[:need].view(len(spec.stored), rows, spec.dim)
         if spec.pooled and not w.lengths.all():  # sentences without tokens: zero vectors
             buf[:, torch.from_numpy(np.flatnonzero(w.lengths == 0))] = 0
@@ -482,16 +488,12 @@ def _model_stage(p: _Pipeline, job: Job, model, q_in: queue.Queue, q_out: queue.
                     sel = to_storage(sel, spec.dtype_out)
             p.put(q_out, (w, j, sel, None, None))
             continue
-        else:  # CPU, flat, converted: the batch converted in one op into a staging tensor reused from
-            # batch to batch, then each sentence's rows to their place in the window buffer by numpy
-            # (cheap slicing; the copies run without the GIL, beside the writer and the feeder)
+        else:  # CPU, flat, converted: each sentence's rows converted straight into their place in the
+            # window buffer (place.py: our kernel, one pass without the GIL; else one torch conversion
+            # into a staging tensor kept from batch to batch, then numpy copies)
+            b = np.asarray(w.batches[j], dtype=np.int64)
             with one_thread(dev):
-                staged = convert_into(sel, spec.dtype_out, staging)
-            staging = staged
-            src, dst = _as_numpy(staged), _as_numpy(buf)
-            for r, pos in enumerate(w.batches[j]):
-                a, n = int(w.offsets[pos]), int(w.lengths[pos])
-                dst[:, a:a + n] = src[r, :, :n]
+                staging = place_batch(buf, sel, w.lengths[b], w.offsets[b], staging)
             if j == len(w.batches) - 1:  # one message per window: per batch, the bounded queue would
                 p.put(q_out, (w, _WHOLE, None, None, buf))  # stall this stage while the writer writes
             continue
@@ -520,20 +522,6 @@ def direct_batches(spec: OutputSpec, device: torch.device) -> bool:
     sentence, placed into a window buffer (tiny)."""
     return (not spec.pooled and device.type != "cuda"
             and (spec.layout == "allennlp" or spec.dtype_out == "float32"))
-
-
-def convert_into(x: torch.Tensor, dtype_out: str, staging: Optional[torch.Tensor]) -> torch.Tensor:
-    """x (float32) in the stored dtype, written into the memory of `staging` (the tensor this returned
-    last time, or None) when that is large enough, else into a new tensor: one conversion op, with
-    no allocation from batch to batch. Returns the stored tensor, shaped like x (bfloat16 as a
-    bfloat16 tensor: the rounding of `to_storage`, to nearest even)."""
-    n = x.numel()
-    base = None if staging is None else (staging._base if staging._base is not None else staging)
-    if base is None or base.numel() < n:
-        base = torch.empty(n, dtype=_STORAGE_TORCH[dtype_out])
-    out = base.view(-1)[:n].view(x.shape)
-    out.copy_(x)
-    return out
 
 
 def _job_record(job: Job, model, mode: str) -> Dict[str, Any]:
@@ -624,7 +612,8 @@ def run(job: Job, model, *, batching: Optional[str] = None) -> Result:
         # bucket mode: windows of job.window sentences, the largest counted by the first pass;
         # input mode: a window is one batch (the token budget bounds it), buffers grow to the largest
         hint = (job.window if job.spec.pooled else job.scan.window_tokens) if mode == "bucket" else 0
-        writer = _Writer(p, job, work, manifest, bar, start, WindowBuffers(p, job.spec, rows_hint=hint))
+        writer = _Writer(p, job, work, manifest, bar, start, WindowBuffers(p, job.spec, rows_hint=hint),
+                         prefill=not direct_batches(job.spec, model.device))
         threads = [threading.Thread(target=_feeder, name="elmo-feeder", daemon=True,
                                     args=(p, job, start, mode, q_ids, model.device.type == "cuda")),
                    threading.Thread(target=writer.run, name="elmo-writer", daemon=True, args=(q_out,))]

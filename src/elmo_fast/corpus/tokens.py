@@ -4,8 +4,9 @@
 would, but with a handful of numpy operations over the sentences' joined bytes instead of Python
 work per token: a `TokenTable` holds those bytes and, per token, where it starts and how long it
 is. `TokenTable.char_ids(positions)` then gives the character ids of a batch of its sentences,
-equal to ``chars.batch_to_ids`` of their tokens. Numpy drops the GIL inside most of these
-operations, so the feeder leaves the interpreter to the other stages.
+equal to ``chars.batch_to_ids`` of their tokens (by a C++ kernel without the GIL where it is built).
+Numpy drops the GIL inside most of these operations, so the feeder leaves the interpreter to the
+other stages.
 
 The byte-level split equals ``str.split()`` when the only whitespace in the text is ASCII
 (``\\t \\n \\v \\f \\r``, ``\\x1c``-``\\x1f``, space): the other Unicode spaces (U+0085, U+00A0,
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from ..chars import MAX_WORD_LENGTH, fill_ids_from_bytes
+from ..reference._cpu_gemm import cpu_kernels, cpu_kernels_status
 
 # str.isspace() characters outside ASCII, which the byte-level split does not know (listed: finding them
 # among all code points takes 0.15 s at import; tests/test_corpus_tokens.py checks the list)
@@ -94,9 +96,30 @@ class TokenTable:
         ends = self.offsets.tolist()
         return [words[ends[i]:ends[i + 1]] for i in range(len(self.counts))]
 
-    def char_ids(self, positions: Sequence[int]) -> torch.Tensor:
+    def char_ids(self, positions: Sequence[int], native: Optional[bool] = None) -> torch.Tensor:
         """Character ids of sentences `positions` (a batch, in that order): LongTensor [B, T, 50],
-        T the most tokens among them, equal to batch_to_ids of their tokens."""
+        T the most tokens among them, equal to batch_to_ids of their tokens. Made by our C++ kernel
+        (csrc/cpu/char_ids.cpp: one pass over the bytes, without the GIL) where it is built, else by
+        `char_ids_ref`; native=True requires the kernel, False takes the reference."""
+        pos = np.asarray(positions, dtype=np.int64)
+        mod = None if native is False else cpu_kernels()
+        if mod is None:
+            if native:
+                raise RuntimeError(f"the CPU kernels do not run here: {cpu_kernels_status()}")
+            return self.char_ids_ref(pos)
+        n = np.ascontiguousarray(self.counts[pos], dtype=np.int64)          # [B] tokens per sentence
+        B, T = len(pos), int(n.max()) if len(pos) else 0
+        first = np.ascontiguousarray(self.offsets[pos], dtype=np.int64)     # [B] first token of each
+        data = np.ascontiguousarray(self.data, dtype=np.uint8)
+        starts = np.ascontiguousarray(self.starts, dtype=np.int64)
+        lens = np.ascontiguousarray(self.lens, dtype=np.int64)
+        out = torch.empty((B, T, MAX_WORD_LENGTH), dtype=torch.int64)
+        mod.char_ids(data.ctypes.data, len(data), starts.ctypes.data, lens.ctypes.data, len(starts),
+                     first.ctypes.data, n.ctypes.data, B, T, out.data_ptr())
+        return out
+
+    def char_ids_ref(self, positions: Sequence[int]) -> torch.Tensor:
+        """`char_ids` in numpy (the kernel's reference and its fallback)."""
         pos = np.asarray(positions, dtype=np.int64)
         n = self.counts[pos]                        # [B] tokens per sentence
         B, T = len(pos), int(n.max()) if len(pos) else 0
