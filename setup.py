@@ -44,7 +44,7 @@ class BuildPyWithSources(build_py):
 
 # ---------------------------------------------------------------------------------------------
 # CPU extension elmo_fast._cpu_kernels (csrc/cpu/): the LSTM recurrence's few-rows GEMM and fused
-# cell update, the corpus job's character ids and output placement (AVX2 + FMA + F16C, chosen at run
+# cell update, the corpus job's tokens, character ids and output placement (AVX2 + FMA + F16C, chosen at run
 # time). Optional: without a C++ compiler, or off x86-64, the install goes on and the reference paths
 # (oneDNN and torch ops, elmo_fast.reference; numpy and torch in elmo_fast.corpus) are used instead.
 #   ELMO_FAST_BUILD_CPU=0  skip;  =1  required (fail on a compile error);  unset  try, warn on failure.
@@ -56,7 +56,7 @@ def _cpu_extension():
     import pybind11  # a build requirement (pyproject.toml)
 
     sources = [f"csrc/cpu/{n}" for n in ("module.cpp", "few_rows_gemm.cpp", "lstm_cell.cpp", "char_ids.cpp",
-                                             "place_rows.cpp")]
+                                             "place_rows.cpp", "split_tokens.cpp")]
     return Extension(CPU_EXT, sources=sources, depends=["csrc/cpu/cpu_kernels.h"],
                      include_dirs=[pybind11.get_include()],
                      language="c++", extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden"])

@@ -1,5 +1,7 @@
-"""The corpus job's C++ kernels (elmo_fast._cpu_kernels) against their references: a batch's character
-ids from a token table (csrc/cpu/char_ids.cpp, TokenTable.char_ids vs char_ids_ref and batch_to_ids)
+"""The corpus job's C++ kernels (elmo_fast._cpu_kernels) against their references: the byte-level
+whitespace split (csrc/cpu/split_tokens.cpp, tokenize vs numpy's split_bytes_ref and str.split), a
+batch's character ids from a token table (csrc/cpu/char_ids.cpp, TokenTable.char_ids vs char_ids_ref
+and batch_to_ids)
 and a batch's output converted and placed in a window buffer (csrc/cpu/place_rows.cpp, place.py:
 place_batch vs place_batch_ref), on fresh random inputs, odd shapes, strided sources and poisoned
 outputs. Also the two numpy fast paths beside them: batching.cut without a token limit and
@@ -12,13 +14,61 @@ from elmo_fast.chars import batch_to_ids
 from elmo_fast.corpus.batching import cut
 from elmo_fast.corpus.layouts import to_storage, utf8_joined
 from elmo_fast.corpus.place import place_batch, place_batch_ref
-from elmo_fast.corpus.tokens import tokenize
+from elmo_fast.corpus.tokens import WIDE_SPACES, tokenize
 from elmo_fast.reference._cpu_gemm import cpu_kernels, cpu_kernels_status
 from test_corpus_tokens import _sentences
 
 needs_kernels = pytest.mark.skipif(cpu_kernels() is None,
                                    reason=f"elmo_fast._cpu_kernels does not run here: {cpu_kernels_status()}")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# ---------------------------------------------------------------------------------- the split
+@needs_kernels
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_split_kernel_equals_numpy_and_str_split(seed):
+    rng = np.random.default_rng(seed)
+    lines = _sentences(rng, int(rng.integers(1, 200)), empty=0.2)
+    a, b = tokenize(lines, native=True), tokenize(lines, native=False)
+    for k in ("data", "starts", "lens", "counts", "offsets"):
+        assert np.array_equal(getattr(a, k), getattr(b, k)), k
+    assert a.token_lists() == [s.split() for s in lines]
+
+
+@needs_kernels
+@pytest.mark.parametrize("space", list(WIDE_SPACES))
+def test_split_kernel_leaves_every_unicode_space_to_python(space):
+    for line in (f"a{space}b", f"{space}x", f"x{space}", f"ab c{space}"):
+        assert tokenize(["plain", line], native=True) is None
+        assert tokenize(["plain", line], native=False) is None
+
+
+@needs_kernels
+def test_split_kernel_keeps_the_characters_next_to_the_unicode_spaces():
+    near = "\x84\x86\xa1\x9f\u1681\u167f\u200b\u2027\u202a\u202e\u2030\u205e\u2060\u3001\u2fff\u0100"
+    lines = [f"a{c}b {c}" for c in near]
+    table = tokenize(lines, native=True)
+    assert table is not None and table.token_lists() == [s.split() for s in lines]
+
+
+@needs_kernels
+def test_split_kernel_writes_every_count_and_refuses_line_ends_inside():
+    mod = cpu_kernels()
+    data = np.frombuffer(b"a bb\n\nccc  d \ne", np.uint8)
+    cap = len(data) // 2 + 1
+    starts, lens = np.full(cap, -7, np.int64), np.full(cap, -7, np.int64)
+    counts = np.full(4, -7, np.int64)
+    n = mod.split_tokens(data.ctypes.data, len(data), starts.ctypes.data, lens.ctypes.data, cap,
+                         counts.ctypes.data, 4)
+    assert n == 5 and counts.tolist() == [2, 0, 2, 1]
+    assert starts[:n].tolist() == [0, 2, 6, 11, 14] and lens[:n].tolist() == [1, 2, 3, 1, 1]
+    for lines in (3, 5):   # the bytes hold 4 sentences
+        assert mod.split_tokens(data.ctypes.data, len(data), starts.ctypes.data, lens.ctypes.data, cap,
+                                counts.ctypes.data, lines) == -1
+    with pytest.raises(ValueError, match="bad sizes"):
+        mod.split_tokens(data.ctypes.data, len(data), starts.ctypes.data, lens.ctypes.data, cap - 1,
+                         counts.ctypes.data, 4)
+    assert tokenize(["one\ntwo", "three"], native=True) is None
 
 
 # ------------------------------------------------------------------------------ character ids

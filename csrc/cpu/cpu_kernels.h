@@ -1,5 +1,5 @@
 // Shared by the sources of elmo_fast._cpu_kernels (module.cpp, few_rows_gemm.cpp, lstm_cell.cpp,
-// char_ids.cpp, place_rows.cpp).
+// char_ids.cpp, place_rows.cpp, split_tokens.cpp).
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -16,5 +16,6 @@ void register_gemm(pybind11::module_& m);         // few_rows_gemm.cpp
 void register_cell(pybind11::module_& m);         // lstm_cell.cpp
 void register_char_ids(pybind11::module_& m);     // char_ids.cpp
 void register_place_rows(pybind11::module_& m);   // place_rows.cpp
+void register_split_tokens(pybind11::module_& m); // split_tokens.cpp
 
 }  // namespace elmo_fast_cpu

@@ -135,12 +135,17 @@ class TokenTable:
         return torch.from_numpy(out)
 
 
-def tokenize(lines: List[str]) -> Optional[TokenTable]:
+def tokenize(lines: List[str], native: Optional[bool] = None) -> Optional[TokenTable]:
     """Stripped sentences -> their TokenTable, split as str.split() does; None when the text holds
-    whitespace or characters the byte-level split cannot treat exactly (see the module doc)."""
+    whitespace or characters the byte-level split cannot treat exactly (see the module doc). The
+    split is our C++ kernel's (csrc/cpu/split_tokens.cpp: one pass, without the GIL) where it is
+    built, else numpy's (`split_bytes_ref`); native=True requires the kernel, False takes numpy."""
     if not lines:
         empty = np.zeros(0, dtype=np.int64)
         return TokenTable(np.zeros(0, dtype=np.uint8), empty, empty, empty)
+    mod = None if native is False else cpu_kernels()
+    if native and mod is None:
+        raise RuntimeError(f"the CPU kernels do not run here: {cpu_kernels_status()}")
     joined = "\n".join(lines)
     if joined.isascii():
         raw = joined.encode("ascii")
@@ -149,9 +154,27 @@ def tokenize(lines: List[str]) -> Optional[TokenTable]:
             raw = joined.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate (only from Python strings, never from a file)
             return None
-        if any(p.search(raw) for p in _WIDE_SPACE):
+        if mod is None and any(p.search(raw) for p in _WIDE_SPACE):   # the kernel looks for them itself
             return None
     data = np.frombuffer(raw, dtype=np.uint8)
+    if mod is None:
+        split = split_bytes_ref(data, len(lines))
+    else:
+        cap = len(data) // 2 + 1
+        starts, lens = np.empty(cap, np.int64), np.empty(cap, np.int64)
+        counts = np.empty(len(lines), np.int64)
+        n = mod.split_tokens(data.ctypes.data, len(data), starts.ctypes.data, lens.ctypes.data, cap,
+                             counts.ctypes.data, len(lines))
+        split = None if n < 0 else (starts[:n].copy(), lens[:n].copy(), counts)
+    if split is None:   # a sentence holds a line end (a Python string can): the sentence boundaries
+        return None     # cannot be told from the bytes
+    return TokenTable(data, *split)
+
+
+def split_bytes_ref(data: np.ndarray, n_lines: int):
+    """The byte-level split in numpy (the kernel's reference and its fallback): data (uint8, the
+    sentences joined by line ends) -> (starts, lens, counts) int64, or None when the bytes hold other
+    than n_lines - 1 line ends."""
     space = _IS_SPACE.take(data)
     # a token starts at a non-space byte after a space (or at 0) and ends before a space (or at the end)
     word = ~space
@@ -162,12 +185,12 @@ def tokenize(lines: List[str]) -> Optional[TokenTable]:
     if len(data) and word[-1]:
         ends = np.concatenate([ends, [len(data)]])
     newlines = np.flatnonzero(data == _NEWLINE)
-    if len(newlines) != max(len(lines) - 1, 0):  # a sentence holds a line end (a Python string can): the
-        return None                              # sentence boundaries cannot be told from the bytes
+    if len(newlines) != max(n_lines - 1, 0):
+        return None
     # tokens per sentence: how many start before each line end, differenced
     cum = np.searchsorted(starts, newlines)
     counts = np.diff(np.concatenate([[0], cum, [len(starts)]])).astype(np.int64)
-    return TokenTable(data, starts.astype(np.int64), (ends - starts).astype(np.int64), counts)
+    return starts.astype(np.int64), (ends - starts).astype(np.int64), counts
 
 
 def token_counts(lines: List[str]) -> np.ndarray:
