@@ -8,6 +8,7 @@ import io
 import json
 import os
 import sys
+import threading
 
 import h5py
 import numpy as np
@@ -305,6 +306,24 @@ def test_a_stage_raising_mid_job_leaves_nothing(stateless, tmp_path, monkeypatch
     assert sorted(os.listdir(tmp_path)) == ["out.h5"]          # no temporary, no pieces folder
     if stage == "writer":  # the model stopped soon after the writer failed
         assert calls["model"] < len(lines) // 2, calls
+
+
+def test_failing_to_make_window_buffers_stops_the_job_and_leaves_nothing(stateless, tmp_path, monkeypatch):
+    from elmo_fast.corpus.pipeline import WindowBuffers
+
+    made = []
+
+    def make(self, rows=0):   # the writer's own thread makes them as the job starts
+        made.append(threading.current_thread().name)
+        raise MemoryError("no room for the window buffers")
+
+    monkeypatch.setattr(WindowBuffers, "make", make)
+    out = tmp_path / "out.h5"
+    with pytest.raises(MemoryError, match="window buffers"):
+        embed_corpus(stateless, SENTENCES * 5, out, "top", batch_size=2, window=4, progress=False,
+                     layout="flat", dtype_out="float16")
+    assert "elmo-buffers" in made
+    assert os.listdir(tmp_path) == []
 
 
 # ------------------------------------------------------------------------------ window buffers
