@@ -108,10 +108,10 @@ def test_char_ids_kernel_writes_every_element_and_checks_its_indexes():
 
 
 def test_char_ids_without_the_kernel_is_the_reference(monkeypatch):
-    import elmo_fast.corpus.tokens as tokens
+    from elmo_fast.reference import _cpu_gemm
 
     table = tokenize(["one two", "three"])
-    monkeypatch.setattr(tokens, "cpu_kernels", lambda: None)
+    monkeypatch.setattr(_cpu_gemm, "cpu_kernels", lambda: None)
     assert torch.equal(table.char_ids([1, 0]), table.char_ids_ref([1, 0]))
     with pytest.raises(RuntimeError, match="do not run here"):
         table.char_ids([0], native=True)
@@ -192,12 +192,12 @@ def test_place_kernel_rejects_what_it_cannot_take():
 
 
 def test_place_without_the_kernel_is_the_reference(monkeypatch):
-    import elmo_fast.corpus.place as place
+    from elmo_fast.reference import _cpu_gemm
 
     rng = np.random.default_rng(0)
     src, lengths, starts, R = _batch(rng, torch.Generator().manual_seed(0), 3, 1, 4, 8)
     a, b = torch.zeros(1, R, 8, dtype=torch.float16), torch.zeros(1, R, 8, dtype=torch.float16)
-    monkeypatch.setattr(place, "cpu_kernels", lambda: None)
+    monkeypatch.setattr(_cpu_gemm, "cpu_kernels", lambda: None)
     assert place_batch(a, src, lengths, starts) is not None     # the reference's staging tensor
     place_batch_ref(b, src, lengths, starts)
     assert torch.equal(a, b)

@@ -18,10 +18,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..reference._cpu_gemm import cpu_kernels, cpu_kernels_status
+from ..reference._cpu_gemm import kernels_or_reference
 
 STORAGE_TORCH = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_NAME = {v: k for k, v in STORAGE_TORCH.items()}
 
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:
@@ -48,8 +49,7 @@ def convert_into(x: torch.Tensor, dtype_out: str, staging: Optional[torch.Tensor
 def place_batch_ref(buf: torch.Tensor, src: torch.Tensor, lengths: np.ndarray, rows: np.ndarray,
                     staging: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The reference: returns the staging tensor to pass next time."""
-    dtype_out = {v: k for k, v in STORAGE_TORCH.items()}[buf.dtype]
-    staged = convert_into(src, dtype_out, staging)
+    staged = convert_into(src, _NAME[buf.dtype], staging)
     s, d = as_numpy(staged), as_numpy(buf)
     for r, (a, n) in enumerate(zip(rows.tolist(), lengths.tolist())):
         d[:, a:a + n] = s[r, :, :n]
@@ -62,10 +62,8 @@ def place_batch(buf: torch.Tensor, src: torch.Tensor, lengths: np.ndarray, rows:
     """Places the batch (see the module doc) by the kernel where it runs here, else by the reference;
     native=True requires the kernel, False takes the reference. Returns the staging tensor to pass
     next time (the kernel needs none: None)."""
-    mod = None if native is False else cpu_kernels()
+    mod = kernels_or_reference(native)
     if mod is None:
-        if native:
-            raise RuntimeError(f"the CPU kernels do not run here: {cpu_kernels_status()}")
         return place_batch_ref(buf, src, lengths, rows, staging)
     B, L, T, D = src.shape
     lengths = np.ascontiguousarray(lengths, dtype=np.int64)

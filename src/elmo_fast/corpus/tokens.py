@@ -1,12 +1,12 @@
 """Whitespace tokenisation of many sentences at once, on their UTF-8 bytes (the corpus job's feeder).
 
 `tokenize(lines)` splits a list of stripped sentences exactly as ``[s.split() for s in lines]``
-would, but with a handful of numpy operations over the sentences' joined bytes instead of Python
-work per token: a `TokenTable` holds those bytes and, per token, where it starts and how long it
-is. `TokenTable.char_ids(positions)` then gives the character ids of a batch of its sentences,
-equal to ``chars.batch_to_ids`` of their tokens (by a C++ kernel without the GIL where it is built).
-Numpy drops the GIL inside most of these operations, so the feeder leaves the interpreter to the
-other stages.
+would, but in one pass over the sentences' joined bytes instead of Python work per token: a
+`TokenTable` holds those bytes and, per token, where it starts and how long it is.
+`TokenTable.char_ids(positions)` then gives the character ids of a batch of its sentences, equal to
+``chars.batch_to_ids`` of their tokens. Both are C++ kernels run without the GIL (csrc/cpu/) where
+they are built, else a handful of numpy operations (which drop the GIL inside most of them), so the
+feeder leaves the interpreter to the other stages.
 
 The byte-level split equals ``str.split()`` when the only whitespace in the text is ASCII
 (``\\t \\n \\v \\f \\r``, ``\\x1c``-``\\x1f``, space): the other Unicode spaces (U+0085, U+00A0,
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..chars import MAX_WORD_LENGTH, fill_ids_from_bytes
-from ..reference._cpu_gemm import cpu_kernels, cpu_kernels_status
+from ..reference._cpu_gemm import kernels_or_reference
 
 # str.isspace() characters outside ASCII, which the byte-level split does not know (listed: finding them
 # among all code points takes 0.15 s at import; tests/test_corpus_tokens.py checks the list)
@@ -102,10 +102,8 @@ class TokenTable:
         (csrc/cpu/char_ids.cpp: one pass over the bytes, without the GIL) where it is built, else by
         `char_ids_ref`; native=True requires the kernel, False takes the reference."""
         pos = np.asarray(positions, dtype=np.int64)
-        mod = None if native is False else cpu_kernels()
+        mod = kernels_or_reference(native)
         if mod is None:
-            if native:
-                raise RuntimeError(f"the CPU kernels do not run here: {cpu_kernels_status()}")
             return self.char_ids_ref(pos)
         n = np.ascontiguousarray(self.counts[pos], dtype=np.int64)          # [B] tokens per sentence
         B, T = len(pos), int(n.max()) if len(pos) else 0
@@ -143,9 +141,7 @@ def tokenize(lines: List[str], native: Optional[bool] = None) -> Optional[TokenT
     if not lines:
         empty = np.zeros(0, dtype=np.int64)
         return TokenTable(np.zeros(0, dtype=np.uint8), empty, empty, empty)
-    mod = None if native is False else cpu_kernels()
-    if native and mod is None:
-        raise RuntimeError(f"the CPU kernels do not run here: {cpu_kernels_status()}")
+    mod = kernels_or_reference(native)
     joined = "\n".join(lines)
     if joined.isascii():
         raw = joined.encode("ascii")

@@ -83,6 +83,15 @@ def cpu_kernels():
     return _KERNELS["module"]
 
 
+def kernels_or_reference(native: Optional[bool]):
+    """For a launcher with a reference path: the module where the kernels run and native is not
+    False, None (take the reference) otherwise; native=True and no kernels raises RuntimeError."""
+    mod = None if native is False else cpu_kernels()
+    if native and mod is None:
+        raise RuntimeError(f"the CPU kernels do not run here: {cpu_kernels_status()}")
+    return mod
+
+
 def cpu_kernels_status() -> str:
     """One line for records and `elmo-fast info`: whether the CPU kernels run here, and why not."""
     cpu_kernels()
