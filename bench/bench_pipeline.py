@@ -12,8 +12,10 @@ stub: the model is replaced by zeros of the right shape (original model: 3 layer
 has the fixture's sentence lengths (tokens drawn from its vocabulary), and every layout x format
 (--top / --all) x dtype-out runs through `elmo_fast.corpus.embed_corpus` into --dir (put it on the
 disk you care about; a RAM disk measures the host side alone). Beside each, in the same run, the
-same number of bytes is written sequentially to the same folder (os.write of 8 MB blocks, then
-fsync-free close, as the job does), and the ratio job / raw is reported. Each job runs in a fresh
+same number of bytes is written sequentially to the same folder (os.write of 8 MB blocks, then a
+close without fsync), and the ratio job / raw is reported. The job fsyncs each piece it completes
+(free on a RAM disk; on a real disk its time then holds the wait for the disk, which the raw write's
+does not: on this VM's ext4, 0.15x). Each job runs in a fresh
 process, as `elmo-fast embed` does, followed by its raw write (--stub-reps times; medians). One
 untimed write of the largest payload comes first, so that neither side pays alone for a VM's first
 touch of fresh memory.

@@ -167,3 +167,28 @@ def test_the_first_pass_in_small_blocks_counts_as_line_by_line(tmp_path, monkeyp
     for t in texts:
         h.update(t.encode("utf-8") + b"\n")
     assert found.sha256 == h.hexdigest()
+
+
+@pytest.mark.parametrize("window", [1, 7, 64, 5000])
+def test_the_first_pass_counts_the_tokens_of_whole_groups_of_windows(monkeypatch, window):
+    """Scan.tokens_within(a, b): the tokens of the groups (whole windows, at least _GROUP sentences)
+    lying within sentences a..b-1, across the reader's blocks: exact for a range of whole groups
+    (a shard, a piece), never more than the range holds. The flat layout reserves that much space."""
+    from elmo_fast.corpus import reader
+
+    monkeypatch.setattr(reader, "_GROUP", 50)
+    rng = np.random.default_rng(window)
+    texts = [" ".join("w" * int(rng.integers(1, 4)) for _ in range(int(rng.integers(1, 9))))
+             for _ in range(1234)]
+    monkeypatch.setattr(reader, "_SENTENCE_BLOCK", 97)   # groups split between blocks
+    found = reader.scan(reader.open_source(texts), window=window)
+    g = found.group
+    assert g % window == 0 and g >= 50 and len(found.per_group) == -(-len(texts) // g)
+    counts = np.array([len(t.split()) for t in texts])
+    n = len(texts)
+    for a, b in [(0, n), (0, g), (g, 3 * g), (g, n), (5, 2 * g + 1), (0, 5), (3 * g, 3 * g), (2 * g, n + 9)]:
+        lo = -(-a // g) * g
+        hi = n if b >= n else b // g * g
+        want = int(counts[lo:hi].sum()) if hi > lo else 0
+        assert found.tokens_within(a, b) == want, (a, b)
+        assert want <= counts[a:b].sum()

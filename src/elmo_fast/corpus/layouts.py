@@ -238,10 +238,12 @@ class FlatWriter:
     sentences' text in an unnamed temporary file beside the output (gone with the process, whatever
     ends it), so its memory does not grow with the text."""
 
-    def __init__(self, out, spec: OutputSpec, first: int):
+    def __init__(self, out, spec: OutputSpec, first: int, expect_rows: int = 0):
         self.out, self.spec, self.first, self.n = out, spec, first, 0
         st = np.dtype(spec.storage_dtype)
         self.file = ChunkedFile(out.guard, spec.stored, spec.dim, st, chunk_rows(spec.dim, st.itemsize))
+        if expect_rows:   # rows sure to come (the first pass counted them): their space taken now
+            self.file.reserve([expect_rows] * len(spec.stored))
         self.ends = array.array("q")          # each sentence's end row
         self.lines = array.array("q")
         self.text_sizes = array.array("q")    # bytes of each sentence's UTF-8 text
@@ -342,12 +344,13 @@ def utf8_joined(text: List[str]):
     return data, width[ends] - width[ends - chars]
 
 
-def open_output(path: str, label: str, spec: OutputSpec, first: int):
+def open_output(path: str, label: str, spec: OutputSpec, first: int, expect_rows: int = 0):
     """A new file at `path` for sentences first.. in spec's layout: (diskio.H5Output, its writer).
-    label: the output's name in error messages."""
+    label: the output's name in error messages. expect_rows: rows per stored layer the file will get
+    at least (flat: their space is reserved at once, `FlatWriter`)."""
     if spec.layout == "flat":
         out = H5Output(path, label, create=False)
-        return out, FlatWriter(out, spec, first)
+        return out, FlatWriter(out, spec, first, expect_rows)
     # sentence keys may hold '/', which makes groups: libhdf5's own datasets; else the packed file
     out = H5Output(path, label, create=spec.use_sentence_keys)
     return out, AllennlpWriter(out, spec, first)

@@ -280,12 +280,13 @@ class _Writer:
     def run(self, q: queue.Queue) -> None:
         try:
             if self.next_start < self.job.stop:
-                # the first piece opened while the feeder prepares the first window, and the window
-                # buffers made by a thread of their own (page faults: ~0.1 s for 3 x 50 MB, which here
-                # delayed the first window's write), each handed to the model stage when made
-                self._piece_writer(self.next_start)
+                # the window buffers made by a thread of their own (page faults: ~0.1 s for 3 x 50 MB,
+                # which here delayed the first window's write), each handed to the model stage when
+                # made, and the first piece opened (its space reserved) while the feeder prepares the
+                # first window
                 if self.prefill and self.buffers.rows_hint:
                     threading.Thread(target=self._make_buffers, name="elmo-buffers", daemon=True).start()
+                self._piece_writer(self.next_start)
             while True:
                 item = self.p.get(q)
                 if item is _END:
@@ -357,7 +358,10 @@ class _Writer:
         if self.piece is None:
             k = len(self.manifest.pieces)
             tmp = _atomic.temporary_name(self.work.piece_path(k))
-            out, writer = open_output(tmp, self.job.label, self.job.spec, start)
+            job = self.job
+            stop = min(start + job.piece_sentences, job.stop)   # the piece holds at least these
+            expect = stop - start if job.spec.pooled else job.scan.tokens_within(start, stop)
+            out, writer = open_output(tmp, job.label, job.spec, start, expect)
             self.piece = (out, writer, tmp, start, time.monotonic())
         return self.piece[1]
 

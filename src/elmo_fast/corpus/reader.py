@@ -14,6 +14,7 @@ zero-token sentences so that sentence i is line i.
 """
 from __future__ import annotations
 
+import array
 import codecs
 import gzip
 import hashlib
@@ -34,6 +35,7 @@ BLOCK = 1 << 20  # bytes per read: large enough for disk speed, small enough to 
 _MAX_LISTED = 20
 _SPOOL_IN_MEMORY = 32 << 20  # a piped input stays in memory up to this size, then goes to disk
 _SENTENCE_BLOCK = 4096  # sentences given as Python strings: this many per block
+_GROUP = 4096  # sentences (at least) per count that Scan keeps for `tokens_within`
 
 
 class InputError(ValueError):
@@ -310,6 +312,18 @@ class Scan:
     first_empty: List[int] = field(default_factory=list)
     sha256: str = ""
     window_tokens: int = 0  # the most tokens in one window of `window` sentences (scan's argument)
+    group: int = 0          # per_group[k]: tokens of sentences k*group .. (k+1)*group - 1 (whole windows)
+    per_group: "array.array" = field(default_factory=lambda: array.array("q"))
+
+    def tokens_within(self, first: int, stop: int) -> int:
+        """Tokens of the groups lying wholly within sentences first .. stop - 1 (the last group may be
+        short): at most those sentences' tokens, all of them for a range of whole groups; 0 without
+        groups."""
+        if not self.group or stop <= first:
+            return 0
+        a = -(-first // self.group)
+        b = len(self.per_group) if stop >= self.sentences else stop // self.group
+        return int(sum(self.per_group[a:b])) if b > a else 0
 
 
 def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False,
@@ -319,7 +333,8 @@ def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False
     Raises InputError naming the file and lines; reads, never writes."""
     if empty_lines not in EMPTY_LINES:
         raise ValueError(f"empty_lines must be one of {', '.join(EMPTY_LINES)}, got {empty_lines!r}")
-    s = Scan(source.name)
+    # token counts kept per group of whole windows (>= _GROUP sentences): 8 bytes a group, whatever the window
+    s = Scan(source.name, group=window * -(-_GROUP // window) if window else 0)
     h = hashlib.sha256()
     keys: Optional[Dict[str, int]] = {} if sentence_keys else None
     in_window = 0  # tokens so far in the window the last sentence is in
@@ -348,6 +363,11 @@ def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False
                 per[0] += in_window
             s.window_tokens = max(s.window_tokens, int(per.max()))
             in_window = int(per[-1])
+            g = (s.sentences + np.arange(len(counts))) // s.group
+            per = np.bincount(g - g[0], weights=counts).astype(np.int64)
+            if s.sentences % s.group:     # the first group continues from the previous block
+                per[0] += s.per_group.pop()
+            s.per_group.frombytes(per.tobytes())
         s.lines += n_lines
         s.sentences += len(counts)
         s.tokens += int(counts.sum())
