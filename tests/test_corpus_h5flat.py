@@ -36,18 +36,14 @@ def _split(rng, a, most=9):
     return parts
 
 
-def _chunked(path, data, chunk, calls=3, seed=0, reserve_rows=0):
+def _chunked(path, data, chunk, calls=3, seed=0):
     """A finished ChunkedFile at path with datasets "a" and "b" holding data[name], each appended in
-    `calls` calls of random parts (reserve_rows: the space of as many rows per dataset reserved
-    first); returns the ChunkedFile."""
+    `calls` calls of random parts; returns the ChunkedFile."""
     rng = np.random.default_rng(seed)
     names = sorted(data)
     a0 = data[names[0]]
     g = GuardedFile(str(path))
     cf = h5flat.ChunkedFile(g, names, a0.shape[1], a0.dtype, chunk)
-    if reserve_rows:
-        cf.reserve([reserve_rows] * len(names))
-        cf._reserver.join()   # all of it reserved before the rows come (a test of the cut at the end)
     for k, name in enumerate(names):
         cuts = np.sort(rng.integers(0, len(data[name]) + 1, calls - 1)).tolist()
         for a, b in zip([0] + cuts, cuts + [len(data[name])]):
@@ -317,93 +313,40 @@ def test_merge_reads_flat_parts_of_any_writer(tmp_path):
     assert set(spec.stored) <= set(structure)
 
 
-# -------------------------------------------------------------------------------- reserved space
-@pytest.mark.parametrize("reserve_rows", [1, 37, 50, 200])
-def test_reserving_space_changes_no_byte_and_gives_back_what_rows_did_not_take(tmp_path, monkeypatch,
-                                                                               reserve_rows):
-    """With space reserved for fewer rows than come, as many, or more, the file is the one written
-    without: same bytes, cut at its end (the unused reservation given back)."""
-    monkeypatch.setattr(h5flat, "_RESERVE_STEP", 4096)   # many reserving calls, writes waiting on them
-    rng = np.random.default_rng(5)
-    data = {"a": _rows(rng, 50, 6, np.float32), "b": _rows(rng, 50, 6, np.float32)}
-    plain, held = tmp_path / "plain.h5", tmp_path / "reserved.h5"
-    _chunked(plain, data, 8, seed=1)
-    cf = _chunked(held, data, 8, seed=1, reserve_rows=reserve_rows)
-    assert cf.reserved == h5flat.DATA_START + 2 * -(-reserve_rows // 8) * cf.chunk_bytes
-    assert held.read_bytes() == plain.read_bytes()
-
-
-def test_writes_wait_for_their_space(tmp_path, monkeypatch):
-    """No chunk is written while its space is still being reserved (tmpfs: both 2-4x slower)."""
+# ------------------------------------------------------------------------------------- room
+@pytest.mark.parametrize("free", [None, 10 ** 9, 2 * 1024 + 512 - 1, 2 * 1024 + 512])
+def test_a_disk_without_room_for_the_counted_rows_fails_before_they_come(tmp_path, monkeypatch, free):
+    """check_room(rows) needs the chunks of those rows (7 and 5 rows in chunks of 4 rows x 32 float32:
+    2 + 2 chunks of 512 bytes) after the 512 bytes before them: a file system with less free fails
+    now, naming the output; with enough, or not knowing, the file is written as ever."""
     from elmo_fast.corpus import diskio
 
-    monkeypatch.setattr(h5flat, "_RESERVE_STEP", 1024)
-    g = GuardedFile(str(tmp_path / "o.h5"))
-    cf = h5flat.ChunkedFile(g, ["v"], 4, np.float32, 16)   # 256-byte chunks
-    real_reserve, real_write = diskio.reserve, GuardedFile.write_at
-    seen = []
-
-    def slow_reserve(f, offset, n):
-        import time
-
-        time.sleep(0.002)
-        return real_reserve(f, offset, n)
-
-    def write_at(self, offset, parts):
-        end = offset + sum(memoryview(p).nbytes for p in parts)
-        seen.append(end <= cf.reserved or cf.reserved >= cf._reserve_end)
-        real_write(self, offset, parts)
-
-    monkeypatch.setattr(diskio, "reserve", slow_reserve)
-    monkeypatch.setattr(GuardedFile, "write_at", write_at)
-    rows = np.arange(400 * 4, dtype=np.float32).reshape(400, 4)
-    cf.reserve([400])
-    for a in range(0, 400, 20):
-        cf.append(0, [rows[a:a + 20]])
-    cf.finish()
-    g.close()
-    assert len(seen) > 20 and all(seen)
-    with h5py.File(tmp_path / "o.h5", "r") as f:
-        np.testing.assert_array_equal(f["v"][()], rows)
-
-
-def test_a_disk_too_small_for_the_reserved_rows_fails_before_they_come(tmp_path, monkeypatch):
-    from elmo_fast.corpus import diskio
-    import errno
-
-    def full(f, offset, n):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(diskio, "reserve", full)
+    monkeypatch.setattr(diskio, "free_bytes", lambda f: free)
     out = H5Output(str(tmp_path / "o.h5"), "the-output.h5", create=False)
-    cf = h5flat.ChunkedFile(out.guard, ["v"], 3, np.float32, 2)
-    cf.reserve([10])
-    cf.close()   # waits for the reserving thread
-    with pytest.raises(OutputWriteError, match="no space left on device writing the-output.h5"):
-        out.check()
-    out.abort()
-
-
-def test_without_reserving_the_writes_take_their_space(tmp_path, monkeypatch):
-    """A file system without fallocate (diskio.reserve -> False): nothing reserved, the same file."""
-    from elmo_fast.corpus import diskio
-
-    monkeypatch.setattr(diskio, "reserve", lambda f, offset, n: False)
-    rng = np.random.default_rng(2)
-    data = {"a": _rows(rng, 30, 5, np.float16), "b": _rows(rng, 30, 5, np.float16)}
-    cf = _chunked(tmp_path / "r.h5", data, 4, reserve_rows=30)
-    assert cf.reserved == h5flat.DATA_START
-    with h5py.File(tmp_path / "r.h5", "r") as f:
+    cf = h5flat.ChunkedFile(out.guard, ["a", "b"], 32, np.float32, 4)   # 512-byte chunks
+    assert h5flat.DATA_START == 512
+    cf.check_room([7, 5])
+    if free is not None and free < 2 * 1024 + 512:
+        with pytest.raises(OutputWriteError, match="no space left on device writing the-output.h5"):
+            out.check()
+        out.abort()
+        return
+    out.check()
+    data = {"a": np.ones((7, 32), np.float32), "b": np.zeros((5, 32), np.float32)}
+    for k, name in enumerate(["a", "b"]):
+        cf.append(k, [data[name]])
+    cf.finish()
+    out.check()
+    out.close()
+    with h5py.File(tmp_path / "o.h5", "r") as f:
         for name, a in data.items():
             np.testing.assert_array_equal(f[name][()], a)
 
 
-def test_reserve_allocates_without_writing(tmp_path):
+def test_free_bytes_of_a_real_file_system(tmp_path):
     from elmo_fast.corpus import diskio
 
-    with open(tmp_path / "f", "w+b") as f:
-        if not diskio.reserve(f, 4096, 1 << 20):
-            pytest.skip("this file system has no fallocate")
-        st = os.fstat(f.fileno())
-        assert st.st_size == 4096 + (1 << 20) and st.st_blocks * 512 >= 1 << 20
-        assert f.read() == bytes(st.st_size)
+    with open(tmp_path / "f", "wb") as f:
+        free = diskio.free_bytes(f)
+        st = os.statvfs(tmp_path)
+    assert free is not None and 0 < free <= st.f_blocks * st.f_frsize

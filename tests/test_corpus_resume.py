@@ -322,22 +322,22 @@ def test_stale_temporaries_of_dead_runs_are_removed(capsys, corpus, model, tmp_p
     assert f"removed {stale}" in err and f"(pid {dead_pid})" in err
 
 
-def test_each_flat_piece_reserves_the_space_of_its_tokens(capsys, corpus, model, tmp_path, reference,
-                                                          monkeypatch):
-    """The first pass's token counts give each piece of the flat layout the space of its rows before
-    they come (h5flat.ChunkedFile.reserve): exactly its tokens for whole groups of windows; the
-    output is the same."""
+def test_each_flat_piece_checks_the_room_for_its_tokens(capsys, corpus, model, tmp_path, reference,
+                                                         monkeypatch):
+    """The first pass's token counts let each piece of the flat layout check, as it opens, that the
+    disk has room for its rows (h5flat.ChunkedFile.check_room): exactly its tokens for whole groups
+    of windows; the output is the same."""
     from elmo_fast.corpus import h5flat, reader
 
     monkeypatch.setattr(reader, "_GROUP", 8)   # groups of 8 sentences: the pieces' size
     asked = []
-    real = h5flat.ChunkedFile.reserve
+    real = h5flat.ChunkedFile.check_room
 
-    def reserve(self, rows):
+    def check_room(self, rows):
         asked.append(list(rows))
         real(self, rows)
 
-    monkeypatch.setattr(h5flat.ChunkedFile, "reserve", reserve)
+    monkeypatch.setattr(h5flat.ChunkedFile, "check_room", check_room)
     out = tmp_path / "out.h5"
     rc, err = embed(capsys, corpus, out, model, *JOB, "--layout", "flat")
     assert rc == 0, err

@@ -57,39 +57,16 @@ def write_all_at(f, parts, offset: int) -> None:
             views[i] = views[i][n:]
 
 
-_NO_RESERVE = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV, errno.ESPIPE, errno.EBADF}
-_fallocate = None
-
-
-def reserve(f, offset: int, n: int) -> bool:
-    """Allocates the disk space of bytes offset .. offset + n - 1 of file f (fallocate(2), mode 0: the
-    file grows to cover them, reading as zeros), without writing them. False where the file system
-    cannot (nothing is reserved: the writes allocate as they go); an OSError (ENOSPC, EDQUOT, EIO)
-    otherwise. Not glibc's posix_fallocate, which where the call is missing writes every block."""
-    global _fallocate
-    if _fallocate is None:
-        import ctypes
-
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fn = getattr(libc, "fallocate64", None) or libc.fallocate   # 64-bit offsets everywhere
-            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-            fn.restype = ctypes.c_int
-        except (AttributeError, OSError, TypeError):   # not Linux / glibc
-            fn = False
-        _fallocate = fn
-    if not _fallocate or n <= 0:
-        return False
-    import ctypes
-
-    while _fallocate(f.fileno(), 0, offset, n) != 0:   # ctypes drops the GIL for the call
-        e = ctypes.get_errno()
-        if e == errno.EINTR:
-            continue
-        if e in _NO_RESERVE:
-            return False
-        raise OSError(e, os.strerror(e))
-    return True
+def free_bytes(f) -> Optional[int]:
+    """Bytes this process may still write on file f's file system (statvfs: the blocks free to
+    unprivileged users, or all free blocks for root, who may take the reserved ones); None where
+    that is not known."""
+    try:
+        st = os.fstatvfs(f.fileno())
+    except (OSError, AttributeError):
+        return None
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    return (st.f_bfree if root else st.f_bavail) * st.f_frsize
 
 
 _COPY_FALLBACK = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
@@ -161,15 +138,18 @@ class GuardedFile:
             except OSError as e:
                 self._fail(e)
 
-    def reserve(self, offset: int, n: int) -> bool:
-        """`reserve` for this file: False where the file system cannot or after a failure (kept, like
-        a failed write's: ENOSPC here is the output's full disk, found before the bytes come)."""
+    def check_room(self, n: int) -> None:
+        """Fails (ENOSPC, kept like a failed write's) when the file system has no room for the file
+        to grow to n bytes (`free_bytes`; nothing is checked where that is not known)."""
         if self.failure is None:
+            free = free_bytes(self.f)
             try:
-                return reserve(self.f, offset, n)
-            except OSError as e:
-                self._fail(e)
-        return False
+                grow = n - os.fstat(self.f.fileno()).st_size
+            except OSError:
+                grow = n
+            if free is not None and grow > free:
+                self._fail(OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {grow} more bytes needed, "
+                                   f"{free} free", self.path))
 
     def copy_at(self, offset: int, src: int, src_offset: int, n: int) -> None:
         """Copies n bytes at src_offset of the file descriptor src to offset (`copy_range`), like

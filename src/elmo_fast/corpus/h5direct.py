@@ -169,9 +169,8 @@ class _WritesBehind:
 
     LIMIT = 256
 
-    def __init__(self, guard, limit: int = LIMIT, write=None):
+    def __init__(self, guard, limit: int = LIMIT):
         self.guard = guard
-        self.write = write or guard.write_at   # write(address, parts)
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.room = threading.Semaphore(limit)
         self.error: Optional[BaseException] = None
@@ -192,7 +191,7 @@ class _WritesBehind:
                 continue
             try:
                 if self.error is None:
-                    self.write(*item)   # OSError: kept in the guard, later writes dropped
+                    self.guard.write_at(*item)   # OSError: kept in the guard, later writes dropped
             except BaseException as e:  # noqa: BLE001 - raised in the creating thread by drain / close
                 self.error = e
             finally:

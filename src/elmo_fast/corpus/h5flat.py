@@ -6,9 +6,9 @@ buffer first: for `--all` float32 that copy doubled the memory traffic of the wr
 reached 0.6x the raw write. Here each chunk is gathered by pwritev straight from the pieces, and the
 chunks are appended to the file in one sequential stream, in a thread of their own; only the rows of
 a last partial chunk are copied (at most a chunk per dataset per call). Where the caller knows how
-many rows will come, their space is reserved first (`reserve`: fallocate, ahead of the writes, which
-wait for it), so a full disk is found at the start. The structure is written once
-at the end (h5pack.write_structure), in the v0 format h5py writes by default (libver "earliest"):
+many rows will come, the free space is checked first (`check_room`), so a full disk is found at the
+start. The structure is written once at the end (h5pack.write_structure), in the v0 format h5py
+writes by default (libver "earliest"):
 
   [superblock v0 | root group | chunks of every dataset, in the order completed |
    per dataset its chunk B-tree, then its object header | names | symbol table nodes | group B-tree]
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import array
 import struct
-import threading
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -38,7 +37,6 @@ from .h5pack import DATA_START, UNDEF, _message, dtype_message, open_h5, sibling
 CHUNK_K = 32                                   # libhdf5's default for chunk B-trees: 64 children a node
 _FILL = bytes([2, 3, 2, 1, 0, 0, 0, 0])        # fill value v2: incremental, if set, default value
 _FREE = 120                                    # the free message libhdf5 leaves in a new header
-_RESERVE_STEP = 64 << 20                       # bytes reserved a call (the first write waits for one)
 _KEY = np.dtype([("size", "<u4"), ("mask", "<u4"), ("offset", "<u8", (3,))])                  # 32 bytes
 _NODE = np.dtype([("sig", "S4"), ("type", "u1"), ("level", "u1"), ("n", "<u2"), ("left", "<u8"),
                   ("right", "<u8"), ("entries", [("key", _KEY), ("child", "<u8")], (2 * CHUNK_K,)),
@@ -68,51 +66,18 @@ class ChunkedFile:
         self.limit = limit or len(names)
         self._behind: Optional[_WritesBehind] = None
         self.dtype_message = dtype_message(self.dtype)
-        self.reserved = DATA_START   # the file's space is allocated up to here (`reserve`)
-        self._reserve_end = DATA_START
-        self._reserver: Optional[threading.Thread] = None
-        self._reserving = threading.Condition()
-        self._stop_reserving = False
 
-    # -------------------------------------------------------------------------------- reserve
-    def reserve(self, rows: Sequence[int]) -> None:
-        """Allocates the space of the chunks holding rows[k] rows of each dataset k (rows the caller
-        knows will come; more may), from where the chunks start, 64 MB at a time (`diskio.reserve`),
-        in a thread of its own, ahead of the writes: each write of chunks waits until their space is
-        reserved. A disk too small for them fails at the start (the output's full-disk error at its
-        next check), and the writes then only copy: on a RAM disk, where allocating the pages is most
-        of a write's cost, it is paid while the first rows are still being computed. (Reserving and
-        writing the same file at once on tmpfs made both 2-4x slower: the writer spun on the file's
-        lock, taking the other stages' core.) Space `finish` does not use is given back (the file is
-        cut at its end)."""
-        total = sum(-(-int(r) // self.chunk) for r in rows) * self.chunk_bytes
-        if total > 0 and self._reserver is None and self.end == DATA_START:
-            self._reserve_end = DATA_START + total
-            self._reserver = threading.Thread(target=self._reserve, name="elmo-reserve", daemon=True)
-            self._reserver.start()
-
-    def _reserve(self) -> None:
-        try:
-            while self.reserved < self._reserve_end and not self._stop_reserving:
-                n = min(_RESERVE_STEP, self._reserve_end - self.reserved)
-                if not self.guard.reserve(self.reserved, n):   # cannot here, or failed (kept in the guard)
-                    break
-                with self._reserving:
-                    self.reserved += n
-                    self._reserving.notify_all()
-        finally:
-            with self._reserving:
-                self._reserve_end = self.reserved   # nothing more to wait for
-                self._reserving.notify_all()
-
-    def _write_reserved(self, addr: int, parts) -> None:
-        """The writes-behind thread's write: after the space it takes (as far as reserved) is."""
-        if self._reserver is not None:
-            end = min(addr + sum(memoryview(p).nbytes for p in parts), self._reserve_end)
-            with self._reserving:
-                while self.reserved < min(end, self._reserve_end):
-                    self._reserving.wait()
-        self.guard.write_at(addr, parts)
+    # ---------------------------------------------------------------------------------- room
+    def check_room(self, rows: Sequence[int]) -> None:
+        """Fails now when the file system has no room for the chunks of rows[k] rows of each dataset
+        k (rows the caller knows will come; more may): the failure is kept in the guard (the
+        output's full-disk error at its next check, later writes dropped), so a disk too small for a
+        piece is found at its start, not when most of it is written. A free-space check, not a
+        reservation: fallocate ahead of the writes was no faster on a RAM disk, and writing while
+        it ran made both 2-4x slower (bench/NOTES.md, issue 8, eighth session)."""
+        need = sum(-(-int(r) // self.chunk) for r in rows) * self.chunk_bytes
+        if need > 0:
+            self.guard.check_room(DATA_START + need)
 
     # ------------------------------------------------------------------------------------ data
     def append(self, k: int, parts: Sequence[np.ndarray]) -> None:
@@ -146,7 +111,7 @@ class ChunkedFile:
                     self.end += self.chunk_bytes
         if run:
             if self._behind is None:
-                self._behind = _WritesBehind(self.guard, self.limit, self._write_reserved)
+                self._behind = _WritesBehind(self.guard, self.limit)
             self._behind.put(run_at, run)
         pos, rest = (held, cur[1:]) if cur and cur[0] is None else (0, cur)
         for a in rest:
@@ -160,14 +125,10 @@ class ChunkedFile:
             self._behind.drain()
 
     def close(self, raise_error: bool = True) -> None:
-        """Waits for the writes in flight and stops their thread (and the reserving: the writes left
-        allocate their own space)."""
-        self._stop_reserving = True
+        """Waits for the writes in flight and stops their thread."""
         behind, self._behind = self._behind, None
         if behind is not None:
             behind.close(raise_error)
-        if self._reserver is not None:
-            self._reserver.join()
 
     # ------------------------------------------------------------------------------- structure
     def finish(self) -> None:
@@ -182,8 +143,6 @@ class ChunkedFile:
                 self.end += self.chunk_bytes
                 self.held[k] = 0
         self.eof = write_structure(self.guard, self.end, self.names, self._headers)
-        if self.reserved > self.eof:   # reserved space the rows did not take
-            self.guard.truncate(self.eof)
 
     def open_h5(self):
         return open_h5(self.guard)

@@ -242,8 +242,8 @@ class FlatWriter:
         self.out, self.spec, self.first, self.n = out, spec, first, 0
         st = np.dtype(spec.storage_dtype)
         self.file = ChunkedFile(out.guard, spec.stored, spec.dim, st, chunk_rows(spec.dim, st.itemsize))
-        if expect_rows:   # rows sure to come (the first pass counted them): their space taken now
-            self.file.reserve([expect_rows] * len(spec.stored))
+        if expect_rows:   # rows sure to come (the first pass counted them): a disk without room fails now
+            self.file.check_room([expect_rows] * len(spec.stored))
         self.ends = array.array("q")          # each sentence's end row
         self.lines = array.array("q")
         self.text_sizes = array.array("q")    # bytes of each sentence's UTF-8 text
@@ -347,7 +347,7 @@ def utf8_joined(text: List[str]):
 def open_output(path: str, label: str, spec: OutputSpec, first: int, expect_rows: int = 0):
     """A new file at `path` for sentences first.. in spec's layout: (diskio.H5Output, its writer).
     label: the output's name in error messages. expect_rows: rows per stored layer the file will get
-    at least (flat: their space is reserved at once, `FlatWriter`)."""
+    at least (flat: a disk without room for them fails at once, `FlatWriter`)."""
     if spec.layout == "flat":
         out = H5Output(path, label, create=False)
         return out, FlatWriter(out, spec, first, expect_rows)

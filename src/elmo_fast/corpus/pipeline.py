@@ -280,13 +280,12 @@ class _Writer:
     def run(self, q: queue.Queue) -> None:
         try:
             if self.next_start < self.job.stop:
-                # the window buffers made by a thread of their own (page faults: ~0.1 s for 3 x 50 MB,
-                # which here delayed the first window's write), each handed to the model stage when
-                # made, and the first piece opened (its space reserved) while the feeder prepares the
-                # first window
+                # the first piece opened while the feeder prepares the first window, and the window
+                # buffers made by a thread of their own (page faults: ~0.1 s for 3 x 50 MB, which here
+                # delayed the first window's write), each handed to the model stage when made
+                self._piece_writer(self.next_start)
                 if self.prefill and self.buffers.rows_hint:
                     threading.Thread(target=self._make_buffers, name="elmo-buffers", daemon=True).start()
-                self._piece_writer(self.next_start)
             while True:
                 item = self.p.get(q)
                 if item is _END:
