@@ -173,7 +173,7 @@ def test_the_first_pass_in_small_blocks_counts_as_line_by_line(tmp_path, monkeyp
 def test_the_first_pass_counts_the_tokens_of_whole_groups_of_windows(monkeypatch, window):
     """Scan.tokens_within(a, b): the tokens of the groups (whole windows, at least _GROUP sentences)
     lying within sentences a..b-1, across the reader's blocks: exact for a range of whole groups
-    (a shard, a piece), never more than the range holds. The flat layout reserves that much space."""
+    (a shard, a piece), never more than the range holds. A flat piece checks the disk's room for them."""
     from elmo_fast.corpus import reader
 
     monkeypatch.setattr(reader, "_GROUP", 50)

@@ -356,18 +356,11 @@ def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False
                 if line or empty_lines == "keep":
                     _check_key(keys, line, s.sentences + j)
         if window is not None and len(counts):
-            # tokens per window of the sentences s.sentences .. (global windows of `window` sentences)
-            w = (s.sentences + np.arange(len(counts))) // window
-            per = np.bincount(w - w[0], weights=counts).astype(np.int64)
-            if s.sentences % window:      # the first window continues from the previous block
-                per[0] += in_window
+            per = _range_sums(s.sentences, counts, window, in_window if s.sentences % window else 0)
             s.window_tokens = max(s.window_tokens, int(per.max()))
             in_window = int(per[-1])
-            g = (s.sentences + np.arange(len(counts))) // s.group
-            per = np.bincount(g - g[0], weights=counts).astype(np.int64)
-            if s.sentences % s.group:     # the first group continues from the previous block
-                per[0] += s.per_group.pop()
-            s.per_group.frombytes(per.tobytes())
+            carried = s.per_group.pop() if s.sentences % s.group else 0
+            s.per_group.frombytes(_range_sums(s.sentences, counts, s.group, carried).tobytes())
         s.lines += n_lines
         s.sentences += len(counts)
         s.tokens += int(counts.sum())
@@ -384,6 +377,16 @@ def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False
     if keys is not None:
         _check_nesting(keys)
     return s
+
+
+def _range_sums(first: int, counts: np.ndarray, size: int, carried: int) -> np.ndarray:
+    """Tokens per global range of `size` sentences (k*size .. (k+1)*size - 1) of the sentences
+    first, first + 1, ... with `counts` tokens; `carried`: the tokens the first range already holds
+    from earlier blocks (0 when first starts a range)."""
+    r = (first + np.arange(len(counts))) // size
+    per = np.bincount(r - r[0], weights=counts).astype(np.int64)
+    per[0] += carried
+    return per
 
 
 def sentences(source: Source, empty_lines: str = "error", start: int = 0,
