@@ -1,4 +1,5 @@
-"""The corpus job's C++ kernels (elmo_fast._cpu_kernels) against their references: the byte-level
+"""The corpus job's C++ kernels (elmo_fast._cpu_kernels) against their references: the first pass's
+lines (csrc/cpu/scan_lines.cpp, lines.scan_lines vs scan_lines_ref and str methods), the byte-level
 whitespace split (csrc/cpu/split_tokens.cpp, tokenize vs numpy's split_bytes_ref and str.split), a
 batch's character ids from a token table (csrc/cpu/char_ids.cpp, TokenTable.char_ids vs char_ids_ref
 and batch_to_ids)
@@ -13,6 +14,7 @@ import torch
 from elmo_fast.chars import batch_to_ids
 from elmo_fast.corpus.batching import cut
 from elmo_fast.corpus.layouts import to_storage, utf8_joined
+from elmo_fast.corpus.lines import scan_lines, scan_lines_ref
 from elmo_fast.corpus.place import place_batch, place_batch_ref
 from elmo_fast.corpus.tokens import WIDE_SPACES, tokenize
 from elmo_fast.reference._cpu_gemm import cpu_kernels, cpu_kernels_status
@@ -21,6 +23,68 @@ from test_corpus_tokens import _sentences
 needs_kernels = pytest.mark.skipif(cpu_kernels() is None,
                                    reason=f"elmo_fast._cpu_kernels does not run here: {cpu_kernels_status()}")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# ------------------------------------------------------------------------ the first pass's lines
+_ENDS = ["\n", "\r\n", "\r", "\n\n", "\r\r\n"]
+
+
+def _raw_lines(rng, n):
+    """n lines of _sentences' text with spaces around them, joined by every kind of line end."""
+    out = []
+    for t in _sentences(rng, n, empty=0.2):
+        t = t.replace("\r", "\x0b")   # \r ends a line in a file
+        pad = ["", " ", "\t ", "\x1c", "  \x0c"]
+        out.append(pad[int(rng.integers(len(pad)))] + t + pad[int(rng.integers(len(pad)))]
+                   + _ENDS[int(rng.integers(len(_ENDS)))])
+    return "".join(out).encode("utf-8")
+
+
+@needs_kernels
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_lines_kernel_equals_the_reference_and_str_methods(seed):
+    rng = np.random.default_rng(seed)
+    data = _raw_lines(rng, int(rng.integers(1, 300)))
+    got, counts = scan_lines(data, native=True)
+    want, want_counts = scan_lines_ref(data)
+    assert bytes(got) == want and counts.tolist() == want_counts.tolist()
+    lines = [s.strip() for s in data.decode().replace("\r\n", "\n").replace("\r", "\n").split("\n")[:-1]]
+    assert want == ("\n".join(lines) + "\n").encode()
+    assert want_counts.tolist() == [len(s.split()) for s in lines]
+
+
+@needs_kernels
+def test_lines_kernel_writes_exactly_what_it_returns():
+    mod = cpu_kernels()
+    data = b"  a bb \r\n\n\t\r ccc\x1cd\x0b\re \n"
+    src = np.frombuffer(data, np.uint8)
+    out = np.full(len(data) + 8, 0xEE, np.uint8)
+    counts = np.full(len(data) + 8, -7, np.int64)
+    lines, size = mod.scan_lines(src.ctypes.data, len(data), out.ctypes.data, counts.ctypes.data, len(data))
+    assert (lines, bytes(out[:size])) == (5, b"a bb\n\n\nccc\x1cd\ne\n")
+    assert counts[:lines].tolist() == [2, 0, 0, 2, 1]
+    assert (out[size:] == 0xEE).all() and (counts[lines:] == -7).all()
+    with pytest.raises(ValueError, match="more lines than counts"):
+        mod.scan_lines(src.ctypes.data, len(data), out.ctypes.data, counts.ctypes.data, 2)
+    with pytest.raises(ValueError, match="does not end with a line end"):
+        scan_lines(b"a\nb", native=True)
+    assert scan_lines(b"", native=True)[0] == b"" and len(scan_lines(b"", native=True)[1]) == 0
+
+
+@needs_kernels
+@pytest.mark.parametrize("space", list(WIDE_SPACES))
+def test_lines_kernel_leaves_every_unicode_space_to_python(space):
+    mod = cpu_kernels()
+    for text in (f"a{space}b\n", f"{space}x\n", f"ok\nx{space}\r", f"{space}\n"):
+        data = text.encode()
+        src = np.frombuffer(data, np.uint8)
+        out, counts = np.empty(len(data), np.uint8), np.empty(len(data), np.int64)
+        got = mod.scan_lines(src.ctypes.data, len(data), out.ctypes.data, counts.ctypes.data, len(data))
+        assert got[0] == -2
+        got, n = scan_lines(data, native=True)   # the launcher hands the block to the reference
+        lines = [s.strip() for s in text.replace("\r", "\n").split("\n")[:-1]]
+        assert bytes(got) == ("\n".join(lines) + "\n").encode()
+        assert n.tolist() == [len(s.split()) for s in lines]
 
 
 # ---------------------------------------------------------------------------------- the split

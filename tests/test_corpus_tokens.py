@@ -192,3 +192,70 @@ def test_the_first_pass_counts_the_tokens_of_whole_groups_of_windows(monkeypatch
         want = int(counts[lo:hi].sum()) if hi > lo else 0
         assert found.tokens_within(a, b) == want, (a, b)
         assert want <= counts[a:b].sum()
+
+
+def _utf8_bad(rng, n):
+    """Corpus bytes with every kind of line end, a byte-order mark, multi-byte characters, and (half
+    of the time) one bad UTF-8 sequence somewhere."""
+    pieces = ["a", "bb", "é", "日本", " ", "\t", "\x1c", "\r", "\n", "\r\n", "\n\n", "\ufeff", "\xa0",
+              "\u3000"]
+    data = "".join(pieces[i] for i in rng.integers(len(pieces), size=n))
+    data = ("\ufeff" if rng.random() < 0.3 else "") + data
+    data = data.encode("utf-8")
+    if rng.random() < 0.5:
+        k = int(rng.integers(len(data) + 1))
+        data = data[:k] + [b"\xff", b"\xe2\x82", b"\xc3", b"\xed\xa0\x80"][int(rng.integers(4))] + data[k:]
+    return data
+
+
+@pytest.mark.parametrize("block,kernels", [(1, True), (2, True), (3, True), (7, True), (64, True), (2, False),
+                                           (64, False)])
+def test_the_first_pass_from_bytes_equals_the_first_pass_from_lines(tmp_path, monkeypatch, block, kernels):
+    """The first pass over a file's bytes (lines.scan_lines: the C++ pass where it is built) finds what
+    the pass over the reader's lines finds, for files and binary streams read in blocks split
+    anywhere (inside characters, between \\r and \\n, inside the byte-order mark): the same counts,
+    empty lines, windows and hash, or the same error naming the bad byte's line and offset."""
+    import io
+
+    from elmo_fast.corpus import reader
+    from elmo_fast.reference import _cpu_gemm
+
+    def settings():
+        monkeypatch.setattr(reader, "BLOCK", block)
+        if not kernels:   # lines.scan_lines' reference
+            monkeypatch.setattr(_cpu_gemm, "cpu_kernels", lambda: None)
+
+    settings()
+    rng = np.random.default_rng(block)
+
+    def result(source, how):
+        if how == "lines":
+            monkeypatch.setattr(type(source), "counted_blocks", lambda self: None)
+        try:
+            s = reader.scan(source, "keep", window=3)
+            return (s.lines, s.sentences, s.tokens, s.empty, s.first_empty, s.sha256, s.window_tokens,
+                    list(s.per_group))
+        except reader.InputError as e:
+            return str(e)
+        finally:
+            monkeypatch.undo()
+            settings()
+
+    for i in range(60):
+        data = _utf8_bad(rng, int(rng.integers(0, 50)))
+        path = tmp_path / f"c{i}.txt"
+        path.write_bytes(data)
+        want = result(reader.PathSource(str(path)), "lines")
+        assert result(reader.PathSource(str(path)), "bytes") == want, data
+        for how in ("lines", "bytes"):
+            pipe = io.BufferedReader(io.BytesIO(data))
+            pipe.seekable = lambda: False   # a pipe: the first pass spools it
+            got = result(reader.StreamSource(pipe), how)
+            assert got == (want.replace(str(path), "input") if isinstance(want, str) else want), data
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:   # the line and offset of the first bad byte, universal newlines
+            before = data[:e.start]
+            line = before.count(b"\n") + before.count(b"\r") - before.count(b"\r\n") + 1
+            assert f"line {line} (index {line - 1}) is not valid UTF-8 (byte 0x{data[e.start]:02x} at " \
+                   f"offset {e.start})" in want, (data, want)

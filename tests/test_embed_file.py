@@ -200,13 +200,18 @@ def test_streams_with_a_bounded_look_ahead(tiny_model, tmp_path, monkeypatch):
     emb = embedder(tiny_model)
     lines = [SENTENCES[i % len(SENTENCES)] for i in range(400)]
     read, at_first_write = [], []
-    real_blocks = PathSource.line_blocks
+    real_blocks, real_counted = PathSource.line_blocks, PathSource.counted_blocks
     real_create = AllennlpWriter._create
 
-    def counting_blocks(self):
+    def counting_blocks(self):   # the second pass
         for block in real_blocks(self):
             read.extend([1] * len(block))
             yield block
+
+    def counting_counted(self):   # the first pass, over the bytes
+        for stripped, counts in real_counted(self):
+            read.extend([1] * len(counts))
+            yield stripped, counts
 
     def create(self, name, *a, **k):
         if not at_first_write and name != "sentence_to_index":
@@ -214,6 +219,7 @@ def test_streams_with_a_bounded_look_ahead(tiny_model, tmp_path, monkeypatch):
         return real_create(self, name, *a, **k)
 
     monkeypatch.setattr(PathSource, "line_blocks", counting_blocks)
+    monkeypatch.setattr(PathSource, "counted_blocks", counting_counted)
     monkeypatch.setattr(reader, "BLOCK", 64)   # a few lines per read (the real one is 1 MB)
     monkeypatch.setattr(AllennlpWriter, "_create", create)
     emb.embed_file(write_lines(tmp_path / "in.txt", lines), tmp_path / "o.hdf5", batch_size=2, progress=False)

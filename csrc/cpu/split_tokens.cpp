@@ -23,19 +23,8 @@ namespace py = pybind11;
 
 namespace {
 
-inline bool is_space(uint8_t c) { return c == ' ' || (c >= 9 && c <= 13) || (c >= 28 && c <= 31); }
-
-// whether the UTF-8 at p (at most `left` bytes, p[0] >= 0x80) starts with a non-ASCII Unicode space
-inline bool wide_space(const uint8_t* p, int64_t left) {
-  if (p[0] == 0xC2) return left >= 2 && (p[1] == 0x85 || p[1] == 0xA0);
-  if (left < 3) return false;
-  if (p[0] == 0xE1) return p[1] == 0x9A && p[2] == 0x80;
-  if (p[0] == 0xE2)
-    return (p[1] == 0x80 && (p[2] <= 0x8A || p[2] == 0xA8 || p[2] == 0xA9 || p[2] == 0xAF)) ||
-           (p[1] == 0x81 && p[2] == 0x9F);
-  if (p[0] == 0xE3) return p[1] == 0x80 && p[2] == 0x80;
-  return false;
-}
+using elmo_fast_cpu::is_space;
+using elmo_fast_cpu::wide_space;
 
 int64_t split_tokens(uintptr_t data_ptr, int64_t n, uintptr_t starts_ptr, uintptr_t lens_ptr, int64_t cap,
                      uintptr_t counts_ptr, int64_t n_lines) {

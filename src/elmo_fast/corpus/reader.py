@@ -3,9 +3,11 @@
 A `Source` can be read any number of times, always from the start: a path (`.gz` decompressed), an
 open binary or text file (seekable ones are re-read with seek, others are spooled to a temporary
 file while the first pass reads them), or a sequence / iterator of sentence strings (iterators are
-spooled likewise). `scan(source)` is the fast first pass: it decodes the bytes (UTF-8, incremental,
-so a bad byte is reported with its line), counts lines and tokens, finds empty lines and hashes
-what it read, before any model work. `Source.sentences()` is the streaming second pass.
+spooled likewise). `scan(source)` is the fast first pass: it checks the bytes are UTF-8 (Python's
+incremental decoder, so a bad byte is reported with its line), counts lines and tokens, finds empty
+lines and hashes what it read, before any model work; over a file's or a binary stream's bytes the
+line work is one C++ pass per block (lines.py), with no Python string per line. `sentence_blocks`
+is the streaming second pass.
 
 Lines end at \\n, \\r\\n or \\r (Python's universal newlines); each is stripped; a leading
 byte-order mark is dropped. Empty lines (after stripping): `empty_lines="error"` (allennlp's rule)
@@ -18,6 +20,7 @@ import array
 import codecs
 import gzip
 import hashlib
+import io
 import os
 import struct
 import tempfile
@@ -27,6 +30,7 @@ from typing import IO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .lines import last_line_end, scan_lines, split_lines
 from .tokens import token_counts
 
 EMPTY_LINES = ("error", "skip", "keep")
@@ -50,11 +54,6 @@ def _listed(indexes: List[int], total: Optional[int] = None) -> str:
     return str(indexes[:_MAX_LISTED])[:-1] + f", ...] ({total} in all)"
 
 
-def _line_of(prefix: str) -> int:
-    """1-based line number of the position after `prefix` (universal newlines)."""
-    return prefix.count("\n") + prefix.count("\r") - prefix.count("\r\n") + 1
-
-
 def _utf8_error(name: str, line: int, byte: int, offset: int) -> InputError:
     return InputError(f"{name}: line {line} (index {line - 1}) is not valid UTF-8 (byte 0x{byte:02x} at "
                       f"offset {offset}); the input file must be UTF-8 text")
@@ -62,35 +61,52 @@ def _utf8_error(name: str, line: int, byte: int, offset: int) -> InputError:
 
 def _decode_blocks(chunks: Iterator[bytes], name: str) -> Iterator[str]:
     """Bytes blocks -> str blocks, UTF-8, naming the line and offset of the first bad byte."""
+    return (text for _, text in _checked_chunks(chunks, name) if text)
+
+
+def _checked_chunks(chunks: Iterator[bytes], name: str) -> Iterator[Tuple[bytes, str]]:
+    """Each bytes block with its text (UTF-8, decoded incrementally: "" while a character is
+    unfinished); a bad byte raises InputError naming its line and offset. Line ends are counted on
+    the bytes, for the error's line number (one count of \\n where a block has no \\r)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = 0  # bytes read before this chunk
-    done = ""   # decoded text since the last line end seen (line numbers are counted on it)
-    lines_before = 0  # line ends before `done`
+    offset = 0        # bytes read before this chunk
+    lines_before = 0  # line ends before the bytes in `since`
+    since: List[bytes] = []   # the bytes after the last line end counted (a final \r waits: it may start
+    # a \r\n); in pieces, so that a long line is not copied at every block
     for chunk in chunks:
         try:
             text = decoder.decode(chunk)
         except UnicodeDecodeError as e:
-            held = decoder.getstate()[0]  # at most 3 bytes of an unfinished character
-            data = held + chunk
-            good = data[: e.start].decode("utf-8", errors="replace")
-            raise _utf8_error(name, lines_before + _line_of(done + good), data[e.start],
+            held = decoder.getstate()[0]  # at most 3 bytes of an unfinished character, the end of `since`
+            before = b"".join(since)
+            good = (before + chunk)[: len(before) - len(held) + e.start]
+            raise _utf8_error(name, lines_before + _line_ends(good) + 1, (held + chunk)[e.start],
                               offset - len(held) + e.start) from None
         offset += len(chunk)
-        if text:
-            done += text
-            cut = max(done.rfind("\n"), done.rfind("\r"))
-            if cut >= 0 and cut + 1 < len(done):  # keep a final \r: it may start a \r\n
-                lines_before += _line_of(done[: cut + 1]) - 1
-                done = done[cut + 1:]
-            elif cut >= 0 and done[cut] == "\n":
-                lines_before += _line_of(done) - 1
-                done = ""
-            yield text
+        cut = last_line_end(chunk)
+        if cut < 0:
+            since.append(chunk)
+        else:
+            before = b"".join(since)
+            lines_before += (_line_ends(before) + _line_ends(chunk, cut + 1)
+                             - (before.endswith(b"\r") and chunk.startswith(b"\n")))
+            since = [chunk[cut + 1:]]
+        yield chunk, text
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         held = decoder.getstate()[0]
-        raise _utf8_error(name, lines_before + _line_of(done), held[0], offset - len(held)) from None
+        raise _utf8_error(name, lines_before + _line_ends(b"".join(since)) + 1, held[0],
+                          offset - len(held)) from None
+
+
+def _line_ends(b: bytes, end: Optional[int] = None) -> int:
+    """Line ends (\\n, \\r\\n, \\r) in b[:end]."""
+    end = len(b) if end is None else end
+    n = b.count(b"\n", 0, end)
+    if b.find(b"\r", 0, end) >= 0:   # rare: a single count otherwise
+        n += b.count(b"\r", 0, end) - b.count(b"\r\n", 0, end)
+    return n
 
 
 def _line_blocks(blocks: Iterator[str]) -> Iterator[List[str]]:
@@ -105,12 +121,46 @@ def _line_blocks(blocks: Iterator[str]) -> Iterator[List[str]]:
         text, tail = carry + block, ""
         if text.endswith("\r"):  # a \\r\\n may be split between blocks
             text, tail = text[:-1], "\r"
-        parts = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        parts = split_lines(text)
         carry = parts.pop() + tail
         if parts:
             yield [p.strip() for p in parts]
     if carry:
         yield [(carry[:-1] if carry.endswith("\r") else carry).strip()]
+
+
+_BOM = "\ufeff".encode("utf-8")
+
+
+def _without_bom(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Bytes blocks, less a byte-order mark at the very start (as `_line_blocks` drops it)."""
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= len(_BOM):
+            break
+    yield head[len(_BOM):] if head.startswith(_BOM) else head
+    yield from chunks
+
+
+def _counted_blocks(chunks: Iterator[bytes], name: str) -> Iterator[Tuple[object, np.ndarray]]:
+    """The first pass over bytes blocks, checked as UTF-8 (InputError naming the line): per block of
+    whole lines, (its stripped lines joined and ended by \\n, as bytes; tokens per line), by
+    `lines.scan_lines` (one C++ pass where it is built). The same as `Source.line_blocks` gives,
+    without a Python string per line."""
+    held: List[bytes] = []   # the bytes since the last line end, in blocks (a long line is joined once)
+    for chunk in _without_bom(c for c, _ in _checked_chunks(chunks, name)):
+        cut = last_line_end(chunk)
+        if cut < 0:
+            held.append(chunk)
+            continue
+        data = b"".join(held + [chunk]) if held else chunk
+        cut += len(data) - len(chunk)
+        held = [data[cut + 1:]] if cut + 1 < len(data) else []
+        yield scan_lines(memoryview(data)[:cut + 1])
+    rest = b"".join(held)
+    if rest:   # a last line without its line end
+        yield scan_lines(rest if rest.endswith(b"\r") else rest + b"\n")
 
 
 def _read_chunks(f: IO, size: Optional[int] = None) -> Iterator:
@@ -132,6 +182,11 @@ class Source:
 
     def lines(self) -> Iterator[str]:
         return chain.from_iterable(self.line_blocks())
+
+    def counted_blocks(self) -> Optional[Iterator[Tuple[object, np.ndarray]]]:
+        """The first pass's blocks from the bytes (`_counted_blocks`) where this source reads bytes;
+        None otherwise (the first pass then works on `line_blocks`)."""
+        return None
 
     def hash_update(self, h, item) -> None:
         h.update(item.encode("utf-8", "surrogatepass") + b"\n")
@@ -169,6 +224,9 @@ class PathSource(Source):
 
     def line_blocks(self) -> Iterator[List[str]]:
         return _line_blocks(_decode_blocks(self._chunks(), self.name))
+
+    def counted_blocks(self) -> Iterator[Tuple[object, np.ndarray]]:
+        return _counted_blocks(self._chunks(), self.name)
 
 
 class StreamSource(Source):
@@ -231,6 +289,12 @@ class StreamSource(Source):
 
     def line_blocks(self) -> Iterator[List[str]]:
         return _line_blocks(self._blocks())
+
+    def counted_blocks(self) -> Optional[Iterator[Tuple[object, np.ndarray]]]:
+        if isinstance(self.f, io.TextIOBase) and not self.spooled:   # text: decoded by the stream
+            return None
+        return _counted_blocks((c if isinstance(c, (bytes, bytearray)) else c.encode("utf-8", "surrogatepass")
+                                for c in self._raw()), self.name)
 
     def close(self) -> None:
         if self.spool is not None:
@@ -338,18 +402,16 @@ def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False
     h = hashlib.sha256()
     keys: Optional[Dict[str, int]] = {} if sentence_keys else None
     in_window = 0  # tokens so far in the window the last sentence is in
-    for block in source.line_blocks():
-        n_lines = len(block)
-        # the same bytes as hashing each line and its "\n" in turn
-        h.update(("\n".join(block) + "\n").encode("utf-8", "surrogatepass"))
-        counts = token_counts(block)   # a line is empty (stripped) exactly when it has no token
-        empty = np.flatnonzero(counts == 0)
+    for stripped, counts, block in _first_pass_blocks(source, keys is not None):
+        n_lines = len(counts)
+        h.update(stripped)   # the same bytes as hashing each stripped line and its "\n" in turn
+        empty = np.flatnonzero(counts == 0)   # a line is empty (stripped) exactly when it has no token
         if len(empty):
             s.empty += len(empty)
             room = _MAX_LISTED - len(s.first_empty)
             s.first_empty.extend((s.lines + empty[:max(room, 0)]).tolist())
             if empty_lines == "skip":
-                block = [line for line in block if line]
+                block = block and [line for line in block if line]
                 counts = counts[counts > 0]
         if keys is not None:
             for j, line in enumerate(block):
@@ -377,6 +439,20 @@ def scan(source: Source, empty_lines: str = "error", sentence_keys: bool = False
     if keys is not None:
         _check_nesting(keys)
     return s
+
+
+def _first_pass_blocks(source: Source,
+                       with_lines: bool) -> Iterator[Tuple[object, np.ndarray, Optional[List[str]]]]:
+    """Per block: (its stripped lines joined and ended by "\\n", UTF-8; tokens per line; the lines as
+    str where `with_lines`, else None): from the bytes in one native pass where the source reads
+    bytes, else from its lines."""
+    fast = None if with_lines else source.counted_blocks()
+    if fast is not None:
+        for stripped, counts in fast:
+            yield stripped, counts, None
+        return
+    for block in source.line_blocks():
+        yield ("\n".join(block) + "\n").encode("utf-8", "surrogatepass"), token_counts(block), block
 
 
 def _range_sums(first: int, counts: np.ndarray, size: int, carried: int) -> np.ndarray:
