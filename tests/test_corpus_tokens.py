@@ -107,10 +107,7 @@ def _reference_windows(texts, mode, batch_size, batch_tokens, window):
         n = len(t.split())
         if cur:
             over = bool(batch_tokens) and real > 0 and (real + 1) * max(longest, n) > batch_tokens
-            # bucket: windows of `window` sentences, the first one cut at window/8, /4 and /2
-            starts = {window >> 3, window >> 2, window >> 1} if k < window else set()
-            full = ((k % window == 0 or k in starts) if mode == "bucket"
-                    else (n > 0 and (real == batch_size or over)))
+            full = (k % window == 0) if mode == "bucket" else (n > 0 and (real == batch_size or over))
             if full:
                 close()
                 cur, start, real, longest = [], k, 0, 0

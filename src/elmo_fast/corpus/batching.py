@@ -5,13 +5,10 @@ Two modes, passed in explicitly by the caller:
     batch continues the state of row b of the previous one. A window is one batch.
   * "bucket" (stateless / warm-start): the stream is cut into look-ahead windows of `window`
     sentences, aligned to the global sentence index (window k holds sentences k*window ..
-    (k+1)*window - 1), except that the very first one is cut at window/8, window/4 and window/2
-    (`window_end`: a ramp, so that the job's first vectors are written once 128 sentences are
-    computed, not 1024; the writes then run beside the rest of the first window). Inside a window
-    sentences are sorted by token count, longest first (ties in input order), and cut into
-    batches, so batches pad little. Batches depend only on the window's contents, so a resumed run
-    or a shard that starts at a window boundary forms the same batches as one uninterrupted run and
-    writes the same bytes.
+    (k+1)*window - 1). Inside a window sentences are sorted by token count, longest first (ties in
+    input order), and cut into batches, so batches pad little. Batches depend only on the window's
+    contents, so a resumed run or a shard that starts at a window boundary forms the same batches
+    as one uninterrupted run and writes the same bytes.
 
 Limits: at most `batch_size` sentences, and (batch_tokens) at most batch_tokens padded tokens, i.e.
 rows x longest sentence; a sentence longer than the budget gets a batch of its own. Sentences with
@@ -131,18 +128,6 @@ def block_windows(blocks: Iterable[Block], mode: str, batch_size: int, batch_tok
     return _input_windows(blocks, batch_size, batch_tokens)
 
 
-def window_end(start: int, window: int) -> int:
-    """The end (last sentence + 1) of the bucket window that sentence `start` is in: (k + 1) * window
-    for window k, but the first window is cut at window/8, window/4 and window/2 (where those are
-    whole sentences), so that the job's first window is small: its vectors are written while the
-    rest of the first `window` sentences are computed."""
-    if start < window:
-        for cut in (window >> 3, window >> 2, window >> 1):
-            if start < cut:
-                return cut
-    return (start // window + 1) * window
-
-
 def _bucket_windows(blocks: Iterable[Block], batch_size: int, batch_tokens: Optional[int],
                     window: int) -> Iterator[Window]:
     start, lines, text = 0, [], []          # the window being filled
@@ -151,7 +136,7 @@ def _bucket_windows(blocks: Iterable[Block], batch_size: int, batch_tokens: Opti
         while i < len(texts):
             if not text:
                 start = k0 + i
-            end = window_end(start, window)
+            end = (start // window + 1) * window        # the window's last sentence + 1
             take = min(end - (k0 + i), len(texts) - i)
             lines.extend(nums[i:i + take])
             text.extend(texts[i:i + take])
