@@ -1,6 +1,7 @@
 // pybind11 module elmo_fast._cpu_kernels: the LSTM recurrence's CPU kernels and the corpus job's
-// per-byte work (the first pass, tokens, character ids, output placement), raw pointers and sizes in, no libtorch. The Python
-// launchers (elmo_fast/reference/_cpu_gemm.py, _cpu_cell.py, elmo_fast/corpus/tokens.py, place.py)
+// per-byte work (the first pass, tokens, character ids, output placement), raw pointers and sizes
+// in, no libtorch. The Python launchers (elmo_fast/reference/_cpu_gemm.py, _cpu_cell.py,
+// elmo_fast/corpus/lines.py, tokens.py, place.py)
 // check dtypes, shapes and strides before any pointer gets here. The vector kernels are compiled for
 // AVX2 + FMA + F16C by target attributes, so the module builds with any x86-64 compiler and loads on
 // any x86-64 CPU; `supported()` says whether this one can run them (char_ids is plain C++).

@@ -1,6 +1,6 @@
 // The first pass's per-line work over a block of the corpus's bytes, in one pass (part of
-// elmo_fast._cpu_kernels; the launcher and its Python reference: elmo_fast/corpus/reader.py,
-// scan_lines / scan_lines_ref).
+// elmo_fast._cpu_kernels; the launcher and its Python reference: elmo_fast/corpus/lines.py,
+// scan_lines / scan_lines_ref; the caller: reader.py, scan).
 //
 //   data [n] uint8: whole lines of UTF-8, each ended by \n, \r\n or \r (Python's universal newlines;
 //   the caller keeps a last partial line for the next block);

@@ -163,6 +163,11 @@ def _counted_blocks(chunks: Iterator[bytes], name: str) -> Iterator[Tuple[object
         yield scan_lines(rest if rest.endswith(b"\r") else rest + b"\n")
 
 
+def _as_bytes(chunk) -> bytes:
+    """A chunk read from a stream as bytes (a text stream's str encoded, lone surrogates kept)."""
+    return chunk if isinstance(chunk, (bytes, bytearray)) else chunk.encode("utf-8", "surrogatepass")
+
+
 def _read_chunks(f: IO, size: Optional[int] = None) -> Iterator:
     while True:
         chunk = f.read(size or BLOCK)
@@ -254,7 +259,7 @@ class StreamSource(Source):
             return
         self.spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
         for chunk in _read_chunks(self.f):
-            self.spool.write(chunk.encode("utf-8", "surrogatepass") if isinstance(chunk, str) else chunk)
+            self.spool.write(_as_bytes(chunk))
             yield chunk
         self.spooled = True
 
@@ -268,10 +273,9 @@ class StreamSource(Source):
             self._text_stream_utf8_error()
         if isinstance(first, (bytes, bytearray)) or self.spooled:
             def chunks():
-                yield (first if isinstance(first, (bytes, bytearray))
-                       else first.encode("utf-8", "surrogatepass"))
+                yield _as_bytes(first)
                 for c in raw:
-                    yield c if isinstance(c, (bytes, bytearray)) else c.encode("utf-8", "surrogatepass")
+                    yield _as_bytes(c)
             yield from _decode_blocks(chunks(), self.name)
             return
         yield first
@@ -293,8 +297,7 @@ class StreamSource(Source):
     def counted_blocks(self) -> Optional[Iterator[Tuple[object, np.ndarray]]]:
         if isinstance(self.f, io.TextIOBase) and not self.spooled:   # text: decoded by the stream
             return None
-        return _counted_blocks((c if isinstance(c, (bytes, bytearray)) else c.encode("utf-8", "surrogatepass")
-                                for c in self._raw()), self.name)
+        return _counted_blocks(map(_as_bytes, self._raw()), self.name)
 
     def close(self) -> None:
         if self.spool is not None:
