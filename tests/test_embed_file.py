@@ -229,6 +229,45 @@ def test_streams_with_a_bounded_look_ahead(tiny_model, tmp_path, monkeypatch):
     assert len(read) == 800
 
 
+@pytest.mark.parametrize("caller_froze", [False, True])
+def test_old_objects_left_out_of_the_collector_during_the_job_only(tiny_model, tmp_path, monkeypatch,
+                                                                   caller_froze):
+    """The job freezes the objects that exist when it starts (a full collection over torch's objects
+    stalls every stage for ~0.1 s) and gives them back to the collector at its end, or on an error;
+    a caller's own freeze is left as it was."""
+    import gc
+
+    seen = []
+    real = EmbedderModel.__call__
+
+    def model(self, ids):
+        seen.append(gc.get_freeze_count())
+        if len(seen) == 2 and fail:
+            raise RuntimeError("model failed")
+        return real(self, ids)
+
+    monkeypatch.setattr(EmbedderModel, "__call__", model)
+    src = write_lines(tmp_path / "in.txt", SENTENCES)
+    try:
+        if caller_froze:
+            gc.freeze()
+        before = gc.get_freeze_count()
+        for fail in (False, True):
+            seen.clear()
+            if fail:
+                with pytest.raises(RuntimeError, match="model failed"):
+                    embedder(tiny_model).embed_file(src, tmp_path / "o.hdf5", batch_size=2, progress=False)
+            else:
+                embedder(tiny_model).embed_file(src, tmp_path / "o.hdf5", batch_size=2, progress=False)
+            assert seen and min(seen) > 0
+            if caller_froze:
+                assert gc.get_freeze_count() >= before   # not unfrozen under the caller
+            else:
+                assert before == 0 and gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()
+
+
 def test_embed_corpus_checks_arguments(tiny_model, tmp_path):
     emb = embedder(tiny_model)
     with pytest.raises(ValueError, match="output_format"):

@@ -23,13 +23,15 @@ the tensors it returns (EmbedderModel returns fresh ones).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import queue
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -161,6 +163,26 @@ def shard_range(n: int, window: int, shard: Tuple[int, int]) -> Tuple[int, int]:
     return min(a * window, n), min(b * window, n)
 
 
+@contextlib.contextmanager
+def _old_objects_frozen() -> Iterator[None]:
+    """The objects that exist now left out of the garbage collector's passes until the block ends.
+
+    Why: a process that imported torch holds ~170 k objects, and one full collection over them
+    takes 0.08-0.12 s with the GIL held: every Python stage stops, and the 20 000-sentence job
+    (about 1 s) met one in every run (bench/NOTES.md, issue 8, tenth session). Objects made during
+    the job are still collected. Left alone where the caller froze objects itself (gc.unfreeze
+    would undo that)."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+@_old_objects_frozen()
 def prepare(input_file, output_file_path, *, output_format: str = "all", batch_size: int = 64,
             batch_tokens: Optional[int] = None, window: Optional[int] = None, batching: Optional[str] = None,
             layout: str = "allennlp", dtype_out: str = "float32", pool: str = "none",
@@ -587,6 +609,7 @@ def _start_manifest(job: Job, work: WorkDir, record: Dict[str, Any], stateful: b
     return m
 
 
+@_old_objects_frozen()
 def run(job: Job, model, *, batching: Optional[str] = None) -> Result:
     """Embeds a prepared job with `model` (EmbedderModel or the same interface)."""
     from tqdm.auto import tqdm
