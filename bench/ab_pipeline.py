@@ -7,7 +7,8 @@
 Each CASE is layout:format:dtype-out. Per case and rep every tree runs the job once
 (`bench_pipeline.py _child --child stub`, with PYTHONPATH=<tree>/src, so the tree's own elmo_fast is
 imported; order A B, then B A, ...), then the same bytes are written raw to the same folder. Prints
-the medians, each as a ratio to the raw write, and new/base when trees named so exist. The first
+the medians, each as a ratio to the raw write's (and the best run's to the best raw write's: less
+touched by this VM's noise), and new/base when trees named so exist. The first
 write of --warm-gb GB (untimed) takes the VM's first touch of fresh memory out of the runs. A tree
 without its compiled extensions is fine: the stub needs none.
 """
@@ -61,9 +62,11 @@ def main(argv=None) -> int:
             raws.append(raw_write(args.dir, payload))
         raw = statistics.median(raws)
         med = {k: statistics.median(v) for k, v in secs.items()}
-        line = " ".join(f"{k} {tokens / med[k]:,.0f} tok/s ({raw / med[k]:.2f}x raw)" for k in names)
+        best = {k: min(v) for k, v in secs.items()}
+        line = " ".join(f"{k} {tokens / med[k]:,.0f} tok/s ({raw / med[k]:.2f}x raw; best {min(raws) / best[k]:.2f}x)"
+                        for k in names)
         if "base" in med and "new" in med:
-            line += f"  new/base {med['base'] / med['new']:.2f}"
+            line += f"  new/base {med['base'] / med['new']:.2f} (best {best['base'] / best['new']:.2f})"
         print(f"{case} {line}  raw {tokens / raw:,.0f} tok/s  ({args.reps} reps, {tokens} tokens)",
               flush=True)
     return 0

@@ -189,6 +189,77 @@ def test_parts_may_change_once_drained(tmp_path):
         np.testing.assert_array_equal(f["v"][()], np.concatenate(want))
 
 
+def test_after_is_called_once_the_parts_before_it_are_written(tmp_path, monkeypatch):
+    """`after(fn)`: fn runs in the writes-behind thread once every chunk handed over before it is
+    written (the caller goes on meanwhile and reuses the parts only then), at once when none is in
+    flight, and after a failed write too (the failure is the guard's)."""
+    import threading
+
+    from elmo_fast.corpus import diskio
+
+    out = H5Output(str(tmp_path / "o.h5"), "o.h5", create=False)
+    cf = h5flat.ChunkedFile(out.guard, ["v"], 2, np.float32, 4, limit=8)   # 5 appends wait at once
+    now = []
+    cf.after(lambda: now.append(1))            # nothing in flight: called here
+    assert now == [1]
+    gate, real = threading.Event(), diskio.write_all_at
+    written, released = [], []
+
+    def slow(f, parts, offset):
+        assert gate.wait(30)
+        real(f, parts, offset)
+        written.append(offset)
+
+    monkeypatch.setattr(diskio, "write_all_at", slow)
+    want = []
+    for i in range(5):
+        a = np.full((4 * (i + 1), 2), i, np.float32)   # whole chunks only: nothing copied to the tail
+        cf.append(0, [a])
+        want.append(a.copy())
+
+        def release(a=a, n=len(written)):
+            released.append((n, len(written)))
+            a[:] = -1                          # reused: rows already written are not changed by it
+        cf.after(release)
+    assert released == [] and written == []    # add returned with all of it still in flight
+    gate.set()
+    cf.finish()
+    assert [n for _, n in released] == [1, 2, 3, 4, 5]   # each after the writes handed over before it
+    out.check()
+    out.close()
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        np.testing.assert_array_equal(f["v"][()], np.concatenate(want))
+
+    out = H5Output(str(tmp_path / "p.h5"), "the-output.h5", create=False)
+    cf = h5flat.ChunkedFile(out.guard, ["v"], 2, np.float32, 4)
+    monkeypatch.setattr(diskio, "write_all_at", real)
+    fail_nth_write(monkeypatch, 1)
+    after_failure = []
+    for _ in range(2):
+        cf.append(0, [np.ones((4, 2), np.float32)])
+        cf.after(lambda: after_failure.append(1))
+    cf.close()
+    assert after_failure == [1, 1]
+    with pytest.raises(OutputWriteError, match="no space left on device writing the-output.h5"):
+        out.check()
+    out.abort()
+
+
+def test_an_error_in_after_is_raised_by_drain(tmp_path):
+    g = GuardedFile(str(tmp_path / "o.h5"))
+    cf = h5flat.ChunkedFile(g, ["v"], 2, np.float32, 2)
+    cf.append(0, [np.ones((2, 2), np.float32)])
+
+    def broken():
+        raise ValueError("a bug in the release")
+
+    cf.after(broken)
+    with pytest.raises(ValueError, match="a bug in the release"):
+        cf.drain()
+    cf.close(raise_error=False)
+    g.close()
+
+
 def test_parts_are_checked(tmp_path):
     g = GuardedFile(str(tmp_path / "o.h5"))
     cf = h5flat.ChunkedFile(g, ["v"], 4, np.float16, 4)

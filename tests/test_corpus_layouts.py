@@ -104,6 +104,33 @@ def test_many_chunks_change_nothing(stateless, alone, tmp_path, monkeypatch, dty
             assert_stored(emb[i], alone[i % len(SENTENCES)], dtype_out)
 
 
+@pytest.mark.parametrize("dtype_out", ["float16", "bfloat16"])
+def test_window_buffers_come_back_only_once_written(stateless, alone, tmp_path, monkeypatch, dtype_out):
+    """The writer goes on to the next window while a window's rows are still being written (the
+    buffer comes back to the model stage from the writes-behind thread once they are): with every
+    write slowed down, and windows of 2 sentences cycling through the 3 buffers, no row is
+    overwritten before it is written."""
+    import time
+
+    from elmo_fast.corpus import diskio
+
+    real, rng = diskio.write_all_at, np.random.default_rng(0)
+
+    def slow(f, parts, offset):
+        time.sleep(float(rng.uniform(0.005, 0.03)))
+        real(f, parts, offset)
+
+    monkeypatch.setattr(diskio, "write_all_at", slow)
+    monkeypatch.setattr(layouts, "_CHUNK_BYTES", 2 * 16 * 2)   # whole chunks in most windows
+    out = tmp_path / "o.h5"
+    embed_corpus(stateless, SENTENCES * 3, out, "all", batch_size=2, progress=False, layout="flat",
+                 dtype_out=dtype_out, window=2)
+    with open_embeddings(out) as emb:
+        assert len(emb) == 3 * len(SENTENCES)
+        for i in range(len(emb)):
+            assert_stored(emb[i], alone[i % len(SENTENCES)], dtype_out)
+
+
 def test_flat_is_readable_with_plain_h5py(stateless, alone, tmp_path):
     out = tmp_path / "flat.h5"
     embed_corpus(stateless, SENTENCES, out, "all", progress=False, layout="flat", dtype_out="bfloat16")

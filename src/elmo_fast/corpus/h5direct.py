@@ -165,7 +165,9 @@ class DatasetMaker:
 
 class _WritesBehind:
     """One thread writing (address, parts) in order; an unexpected error is raised by drain / close.
-    At most `limit` writes wait at a time: each keeps the arrays it reads from alive."""
+    At most `limit` writes wait at a time: each keeps the arrays it reads from alive. `after(fn)`
+    has the thread call fn once every write handed over before it is done (or dropped after a
+    failure): how a caller learns that it may reuse the arrays without waiting for them."""
 
     LIMIT = 256
 
@@ -189,6 +191,12 @@ class _WritesBehind:
             if isinstance(item, threading.Event):   # drain: everything before it is written
                 item.set()
                 continue
+            if callable(item):   # after(): called whatever the writes before it met
+                try:
+                    item()
+                except BaseException as e:  # noqa: BLE001 - raised in the creating thread by drain / close
+                    self.error = self.error or e
+                continue
             try:
                 if self.error is None:
                     self.guard.write_at(*item)   # OSError: kept in the guard, later writes dropped
@@ -196,6 +204,9 @@ class _WritesBehind:
                 self.error = e
             finally:
                 self.room.release()
+
+    def after(self, fn) -> None:
+        self.q.put(fn)
 
     def drain(self, raise_error: bool = True) -> None:
         done = threading.Event()

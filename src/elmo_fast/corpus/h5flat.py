@@ -119,6 +119,15 @@ class ChunkedFile:
             pos += len(a)
         self.held[k] = have
 
+    def after(self, fn) -> None:
+        """Calls fn (in the writes-behind thread) once every chunk handed over so far is written, or
+        now when none is in flight: the parts appended before may then be reused. A failed write
+        does not stop it (the failure is the guard's)."""
+        if self._behind is None:
+            fn()
+        else:
+            self._behind.after(fn)
+
     def drain(self) -> None:
         """Waits until every chunk handed over is written (an error in the thread is raised)."""
         if self._behind is not None:

@@ -362,9 +362,9 @@ class _Writer:
         if buf is None:
             self._piece_writer(w.start).end_window(w)
             self._after_window(w.stop)
-        else:
-            self._write(WindowOut(w.start, w.lines, w.text, w.lengths, as_numpy(buf)))
-            self.buffers.give(buf)
+        else:   # the buffer back to the model stage once its rows are written (maybe after this returns)
+            self._write(WindowOut(w.start, w.lines, w.text, w.lengths, as_numpy(buf)),
+                        lambda: self.buffers.give(buf))
         self.next_start = w.stop
         n_tok = int(w.lengths.sum())
         self.sentences += len(w)
@@ -386,8 +386,8 @@ class _Writer:
             self.piece = (out, writer, tmp, start, time.monotonic())
         return self.piece[1]
 
-    def _write(self, wo: WindowOut) -> None:
-        self._piece_writer(wo.start).add(wo)
+    def _write(self, wo: WindowOut, release) -> None:
+        self._piece_writer(wo.start).add(wo, release)
         self._after_window(wo.start + len(wo.lengths))
 
     def _after_window(self, stop: int) -> None:
