@@ -63,8 +63,8 @@ def main(argv=None) -> int:
         raw = statistics.median(raws)
         med = {k: statistics.median(v) for k, v in secs.items()}
         best = {k: min(v) for k, v in secs.items()}
-        line = " ".join(f"{k} {tokens / med[k]:,.0f} tok/s ({raw / med[k]:.2f}x raw; best {min(raws) / best[k]:.2f}x)"
-                        for k in names)
+        line = " ".join(f"{k} {tokens / med[k]:,.0f} tok/s ({raw / med[k]:.2f}x raw; "
+                        f"best {min(raws) / best[k]:.2f}x)" for k in names)
         if "base" in med and "new" in med:
             line += f"  new/base {med['base'] / med['new']:.2f} (best {best['base'] / best['new']:.2f})"
         print(f"{case} {line}  raw {tokens / raw:,.0f} tok/s  ({args.reps} reps, {tokens} tokens)",

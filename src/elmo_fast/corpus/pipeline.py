@@ -440,8 +440,10 @@ def place(buf: torch.Tensor, w: Window, j: int, out: torch.Tensor, pooled: bool)
 class WindowBuffers:
     """At most `count` window buffers ([L_s, rows, D] in the stored dtype), reused: the job's output
     memory is count x the largest window, whatever the corpus size. The model stage takes one per
-    window, waiting while all are with the writer; the writer gives each back once written. Two
-    suffice to keep both stages busy (one filled while one is written); a third absorbs jitter.
+    window, waiting while all are with the writer; each comes back once its rows are written (from
+    the flat layout's writes-behind thread, the writer meanwhile on the next window; the allennlp
+    layout's writer, when its writes are done). Two suffice to keep both stages busy (one filled
+    while one is written); a third absorbs jitter.
 
     `rows_hint`: the most rows a window will need (the first pass counts them). All `count` buffers
     are made at the job's start (`make`: by the writer, or at the first `take`), at that size, and
