@@ -302,12 +302,13 @@ class _Writer:
     def run(self, q: queue.Queue) -> None:
         try:
             if self.next_start < self.job.stop:
-                # the first piece opened while the feeder prepares the first window, and the window
-                # buffers made by a thread of their own (page faults: ~0.1 s for 3 x 50 MB, which here
-                # delayed the first window's write), each handed to the model stage when made
-                self._piece_writer(self.next_start)
+                # the window buffers made by a thread of their own (page faults: ~0.1 s for 3 x 50 MB,
+                # which here delayed the first window's write), each handed to the model stage when
+                # made, started first (the model stage waits for the first one), then the first piece
+                # opened while the feeder prepares the first window
                 if self.prefill and self.buffers.rows_hint:
                     threading.Thread(target=self._make_buffers, name="elmo-buffers", daemon=True).start()
+                self._piece_writer(self.next_start)
             while True:
                 item = self.p.get(q)
                 if item is _END:
@@ -649,14 +650,15 @@ def run(job: Job, model, *, batching: Optional[str] = None) -> Result:
         hint = (job.window if job.spec.pooled else job.scan.window_tokens) if mode == "bucket" else 0
         writer = _Writer(p, job, work, manifest, bar, start, WindowBuffers(p, job.spec, rows_hint=hint),
                          prefill=not direct_batches(job.spec, model.device))
-        threads = [threading.Thread(target=_feeder, name="elmo-feeder", daemon=True,
-                                    args=(p, job, start, mode, q_ids, model.device.type == "cuda")),
-                   threading.Thread(target=writer.run, name="elmo-writer", daemon=True, args=(q_out,))]
+        # the writer started first: it starts the window buffers' making, which the first window waits for
+        threads = [threading.Thread(target=writer.run, name="elmo-writer", daemon=True, args=(q_out,)),
+                   threading.Thread(target=_feeder, name="elmo-feeder", daemon=True,
+                                    args=(p, job, start, mode, q_ids, model.device.type == "cuda"))]
         for t in threads:
             t.start()
         try:
             _model_stage(p, job, model, q_ids, q_out, writer.buffers)
-            threads[1].join()
+            threads[0].join()
         except BaseException as e:  # noqa: BLE001 - the model's error, or an interrupt
             p.fail(e)
         finally:
