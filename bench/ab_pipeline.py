@@ -6,7 +6,8 @@
 
 Each CASE is layout:format:dtype-out. Per case and rep every tree runs the job once
 (`bench_pipeline.py _child --child stub`, with PYTHONPATH=<tree>/src, so the tree's own elmo_fast is
-imported; order A B, then B A, ...), then the same bytes are written raw to the same folder. Prints
+imported; the order rotated from rep to rep, A B C, B C A, C A B, ..., so that each tree runs
+in each place as often), then the same bytes are written raw to the same folder. Prints
 the medians, each as a ratio to the raw write's (and the best run's to the best raw write's: less
 touched by this VM's noise), and new/base when trees named so exist. The first
 write of --warm-gb GB (untimed) takes the VM's first touch of fresh memory out of the runs. A tree
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
         secs = {k: [] for k in names}
         raws = []
         for rep in range(args.reps):
-            for k in (names if rep % 2 == 0 else names[::-1]):
+            for k in names[rep % len(names):] + names[:rep % len(names)]:   # each tree in each place in turn
                 env = dict(os.environ, PYTHONPATH=str(pathlib.Path(trees[k]).resolve() / "src"))
                 cmd = [sys.executable, str(HERE / "bench_pipeline.py"), "_child", "--child", "stub",
                        "--input", src, "--output", out, "--layout", layout, "--format", fmt,
@@ -69,6 +70,8 @@ def main(argv=None) -> int:
             line += f"  new/base {med['base'] / med['new']:.2f} (best {best['base'] / best['new']:.2f})"
         print(f"{case} {line}  raw {tokens / raw:,.0f} tok/s  ({args.reps} reps, {tokens} tokens)",
               flush=True)
+        every = {**secs, "raw": raws}
+        print("  seconds: " + json.dumps({k: [round(x, 3) for x in v] for k, v in every.items()}), flush=True)
     return 0
 
 
