@@ -57,7 +57,7 @@ def _cpu_extension():
 
     sources = [f"csrc/cpu/{n}" for n in ("module.cpp", "few_rows_gemm.cpp", "lstm_cell.cpp", "char_ids.cpp",
                                              "place_rows.cpp", "split_tokens.cpp",
-                                             "scan_lines.cpp")]
+                                             "scan_lines.cpp", "utf8_check.cpp")]
     return Extension(CPU_EXT, sources=sources, depends=["csrc/cpu/cpu_kernels.h"],
                      include_dirs=[pybind11.get_include()],
                      language="c++", extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden"])

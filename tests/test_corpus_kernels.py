@@ -14,7 +14,7 @@ import torch
 from elmo_fast.chars import batch_to_ids
 from elmo_fast.corpus.batching import cut
 from elmo_fast.corpus.layouts import to_storage, utf8_joined
-from elmo_fast.corpus.lines import scan_lines, scan_lines_ref
+from elmo_fast.corpus.lines import first_invalid_utf8, scan_lines, scan_lines_ref
 from elmo_fast.corpus.place import place_batch, place_batch_ref
 from elmo_fast.corpus.tokens import WIDE_SPACES, tokenize
 from elmo_fast.reference._cpu_gemm import cpu_kernels, cpu_kernels_status
@@ -88,6 +88,39 @@ def test_lines_kernel_leaves_every_unicode_space_to_python(space):
 
 
 # ---------------------------------------------------------------------------------- the split
+# sequences at the edges of table 3-7 (Unicode Standard): each well-formed or not as Python decides
+_UTF8_EDGES = [b"\x7f", b"\x80", b"\xbf", b"\xc0\x80", b"\xc1\xbf", b"\xc2\x80", b"\xdf\xbf",
+               b"\xe0\x9f\x80", b"\xe0\xa0\x80", b"\xec\xbf\xbf", b"\xed\x9f\xbf", b"\xed\xa0\x80",
+               b"\xed\xbf\xbf", b"\xee\x80\x80", b"\xef\xbf\xbf", b"\xf0\x8f\xbf\xbf", b"\xf0\x90\x80\x80",
+               b"\xf3\xbf\xbf\xbf", b"\xf4\x8f\xbf\xbf", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80", b"\xff",
+               b"\xe2\x82", b"\xf0\x9f\x98", b"\xe2\x28\xa1", b"\xf0\x9f\x28\x80", "é€😀 ".encode(),
+               b"plain ascii text ", b"\n", b"\r"]
+
+
+@needs_kernels
+@pytest.mark.parametrize("seed", range(6))
+def test_utf8_kernel_stops_where_pythons_decoder_does(seed):
+    """The first ill-formed sequence's offset (UnicodeDecodeError.start) on random joins of valid
+    text and every edge of the well-formedness table, one byte changed in half of them, cut at any
+    length (a character cut off at the end is ill-formed); -1 where Python decodes it all."""
+    rng = np.random.default_rng(seed)
+    for _ in range(300):
+        data = bytearray(b"".join(_UTF8_EDGES[i] if rng.random() < 0.3 else "abc déf 中文 ".encode()
+                                  for i in rng.integers(len(_UTF8_EDGES), size=int(rng.integers(1, 12)))))
+        if rng.random() < 0.5 and data:
+            data[int(rng.integers(len(data)))] = int(rng.integers(256))
+        data = bytes(data[:int(rng.integers(len(data) + 1))])
+        try:
+            data.decode("utf-8")
+            want = -1
+        except UnicodeDecodeError as e:
+            want = e.start
+        assert first_invalid_utf8(data, native=True) == want, data
+        assert first_invalid_utf8(data, native=False) == want, data
+    assert first_invalid_utf8(b"", native=True) == -1
+    assert first_invalid_utf8(b"x" * 1000 + b"\xe9" + b"y" * 7, native=True) == 1000   # past the 8-byte runs
+
+
 @needs_kernels
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_split_kernel_equals_numpy_and_str_split(seed):

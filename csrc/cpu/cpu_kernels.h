@@ -1,5 +1,5 @@
 // Shared by the sources of elmo_fast._cpu_kernels (module.cpp, few_rows_gemm.cpp, lstm_cell.cpp,
-// char_ids.cpp, place_rows.cpp, split_tokens.cpp, scan_lines.cpp).
+// char_ids.cpp, place_rows.cpp, split_tokens.cpp, scan_lines.cpp, utf8_check.cpp).
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -20,6 +20,7 @@ void register_char_ids(pybind11::module_& m);     // char_ids.cpp
 void register_place_rows(pybind11::module_& m);   // place_rows.cpp
 void register_split_tokens(pybind11::module_& m); // split_tokens.cpp
 void register_scan_lines(pybind11::module_& m);   // scan_lines.cpp
+void register_utf8_check(pybind11::module_& m);   // utf8_check.cpp
 
 // str.isspace() within ASCII: \t \n \v \f \r, \x1c-\x1f, space (split_tokens.cpp, scan_lines.cpp)
 inline bool is_space(uint8_t c) { return c == ' ' || (c >= 9 && c <= 13) || (c >= 28 && c <= 31); }

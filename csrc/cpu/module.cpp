@@ -39,4 +39,5 @@ PYBIND11_MODULE(_cpu_kernels, m) {
   elmo_fast_cpu::register_place_rows(m);
   elmo_fast_cpu::register_split_tokens(m);
   elmo_fast_cpu::register_scan_lines(m);
+  elmo_fast_cpu::register_utf8_check(m);
 }

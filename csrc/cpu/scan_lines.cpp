@@ -14,7 +14,7 @@
 // Why: in Python the first pass is a decode, three replace / split passes, a strip per line, a join
 // and an encode for the hash, and the token count (split_tokens) over the joined text: ~22 ms per MB,
 // before the job can start anything else (bench/NOTES.md, issue 8, ninth session). Here one pass,
-// without the GIL; the UTF-8 check stays with Python's decoder (its error names the line).
+// without the GIL; the caller checks the block's UTF-8 first (utf8_check.cpp).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 

@@ -44,6 +44,27 @@ def scan_lines_ref(data) -> Tuple[bytes, np.ndarray]:
     return stripped, token_counts(lines)
 
 
+def first_invalid_utf8_ref(data) -> int:
+    """`first_invalid_utf8` by Python's strict decoder (the kernel's reference)."""
+    try:
+        bytes(data).decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start
+    return -1
+
+
+def first_invalid_utf8(data, native: Optional[bool] = None) -> int:
+    """The offset of the first byte of the first ill-formed UTF-8 sequence in data (bytes-like), as
+    UnicodeDecodeError.start gives it, or -1: our C++ kernel (csrc/cpu/utf8_check.cpp: a scan, no
+    str made) where it is built, else Python's decoder; native=True requires the kernel, False takes
+    the decoder. A sequence cut off by the end of data is ill-formed."""
+    mod = kernels_or_reference(native)
+    if mod is None or not len(data):
+        return first_invalid_utf8_ref(data)
+    src = np.frombuffer(data, np.uint8)
+    return int(mod.utf8_check(src.ctypes.data, len(src)))
+
+
 def scan_lines(data, native: Optional[bool] = None):
     """(stripped, counts) of whole lines `data` (see the module doc): by the kernel where it runs
     here, else (or where the block holds a non-ASCII space) by the reference; native=True requires
@@ -63,4 +84,5 @@ def scan_lines(data, native: Optional[bool] = None):
     return out[:size], counts[:lines].copy()
 
 
-__all__ = ["split_lines", "last_line_end", "scan_lines", "scan_lines_ref"]
+__all__ = ["split_lines", "last_line_end", "scan_lines", "scan_lines_ref", "first_invalid_utf8",
+           "first_invalid_utf8_ref"]

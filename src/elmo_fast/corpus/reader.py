@@ -30,7 +30,7 @@ from typing import IO, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .lines import last_line_end, scan_lines, split_lines
+from .lines import first_invalid_utf8, last_line_end, scan_lines, split_lines
 from .tokens import token_counts
 
 EMPTY_LINES = ("error", "skip", "keep")
@@ -132,24 +132,27 @@ def _line_blocks(blocks: Iterator[str]) -> Iterator[List[str]]:
 _BOM = "\ufeff".encode("utf-8")
 
 
-def _without_bom(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Bytes blocks, less a byte-order mark at the very start (as `_line_blocks` drops it)."""
-    head = b""
-    for chunk in chunks:
-        head += chunk
-        if len(head) >= len(_BOM):
-            break
-    yield head[len(_BOM):] if head.startswith(_BOM) else head
-    yield from chunks
-
-
 def _counted_blocks(chunks: Iterator[bytes], name: str) -> Iterator[Tuple[object, np.ndarray]]:
     """The first pass over bytes blocks, checked as UTF-8 (InputError naming the line): per block of
     whole lines, (its stripped lines joined and ended by \\n, as bytes; tokens per line), by
     `lines.scan_lines` (one C++ pass where it is built). The same as `Source.line_blocks` gives,
-    without a Python string per line."""
+    without a Python string per line. The UTF-8 check (`lines.first_invalid_utf8`, a C++ scan where
+    it is built) runs on each block of whole lines, which a line end never splits a character of;
+    the line and offset of a bad byte count from the blocks before, as `_checked_chunks` gives them.
+    A byte-order mark at the very start is dropped, as `_line_blocks` drops it."""
     held: List[bytes] = []   # the bytes since the last line end, in blocks (a long line is joined once)
-    for chunk in _without_bom(c for c, _ in _checked_chunks(chunks, name)):
+    at = {"offset": 0, "lines": 0}   # input bytes and lines before the next block
+
+    def scanned(data):
+        bad = first_invalid_utf8(data)
+        if bad >= 0:
+            raise _utf8_error(name, at["lines"] + _line_ends(bytes(data[:bad])) + 1, data[bad],
+                              at["offset"] + bad)
+        view = data[len(_BOM):] if at["offset"] == 0 and bytes(data[:len(_BOM)]) == _BOM else data
+        at["offset"] += len(data)
+        return view
+
+    for chunk in chunks:
         cut = last_line_end(chunk)
         if cut < 0:
             held.append(chunk)
@@ -157,10 +160,14 @@ def _counted_blocks(chunks: Iterator[bytes], name: str) -> Iterator[Tuple[object
         data = b"".join(held + [chunk]) if held else chunk
         cut += len(data) - len(chunk)
         held = [data[cut + 1:]] if cut + 1 < len(data) else []
-        yield scan_lines(memoryview(data)[:cut + 1])
+        stripped, counts = scan_lines(scanned(memoryview(data)[:cut + 1]))
+        at["lines"] += len(counts)
+        yield stripped, counts
     rest = b"".join(held)
     if rest:   # a last line without its line end
-        yield scan_lines(rest if rest.endswith(b"\r") else rest + b"\n")
+        rest = bytes(scanned(rest))
+        if rest:
+            yield scan_lines(rest if rest.endswith(b"\r") else rest + b"\n")
 
 
 def _as_bytes(chunk) -> bytes:
