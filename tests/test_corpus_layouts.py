@@ -131,6 +131,33 @@ def test_window_buffers_come_back_only_once_written(stateless, alone, tmp_path, 
             assert_stored(emb[i], alone[i % len(SENTENCES)], dtype_out)
 
 
+def test_no_thread_of_the_job_outlives_it(stateless, tmp_path, monkeypatch):
+    """Every thread a job starts is joined before it returns, the window buffers' maker too (a
+    daemon thread still zeroing a buffer when the interpreter exits aborts the process): here every
+    buffer after the first is slow to make, and the job needs only the first."""
+    import time
+
+    from elmo_fast.corpus import pipeline
+
+    class SlowZeros:   # pipeline's torch, whose zeros takes 0.5 s after its first call
+        calls = 0
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        def zeros(self, *a, **k):
+            SlowZeros.calls += 1
+            if SlowZeros.calls > 1:
+                time.sleep(0.5)
+            return torch.zeros(*a, **k)
+
+    monkeypatch.setattr(pipeline, "torch", SlowZeros())
+    embed_corpus(stateless, SENTENCES[:2], tmp_path / "o.h5", "top", batch_size=2, progress=False,
+                 layout="flat", dtype_out="float16", window=4)
+    assert SlowZeros.calls >= 1
+    assert [t.name for t in threading.enumerate() if t.name.startswith("elmo-")] == []
+
+
 def test_flat_is_readable_with_plain_h5py(stateless, alone, tmp_path):
     out = tmp_path / "flat.h5"
     embed_corpus(stateless, SENTENCES, out, "all", progress=False, layout="flat", dtype_out="bfloat16")

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
@@ -294,6 +295,7 @@ class _Writer:
         self.piece = None           # (H5Output, layout writer, tmp path, first sentence, opened at)
         self.pending: Dict[int, Any] = {}
         self.buffers = buffers
+        self.helpers: list = []     # threads this one started
         self.next_start = first_piece_start
         self.sentences = 0
         self.tokens = 0
@@ -307,7 +309,9 @@ class _Writer:
                 # made, started first (the model stage waits for the first one), then the first piece
                 # opened while the feeder prepares the first window
                 if self.prefill and self.buffers.rows_hint:
-                    threading.Thread(target=self._make_buffers, name="elmo-buffers", daemon=True).start()
+                    t = threading.Thread(target=self._make_buffers, name="elmo-buffers", daemon=True)
+                    self.helpers.append(t)   # joined by run(), like the stages
+                    t.start()
                 self._piece_writer(self.next_start)
             while True:
                 item = self.p.get(q)
@@ -469,6 +473,8 @@ class WindowBuffers:
             self.made = self.count
         size = len(self.spec.stored) * self.spec.dim * max(rows, self.rows_hint)
         for _ in range(self.count):   # each free as soon as it is made: the model stage takes the first
+            if self.p.stop.is_set():  # the job is over (a short one may need only the first)
+                return
             self.free.put(torch.zeros(size, dtype=STORAGE_TORCH[self.spec.dtype_out]))
 
     def take(self, w: Window) -> torch.Tensor:
@@ -664,7 +670,10 @@ def run(job: Job, model, *, batching: Optional[str] = None) -> Result:
         finally:
             p.stop.set()
             interrupted = None
-            for t in threads:
+            # no thread of the job outlives it: a daemon thread still inside native code (a buffer being
+            # zeroed) when the interpreter exits aborts the process ("terminate called without an
+            # active exception"); the writer's helpers are listed once the writer is joined
+            for t in chain(threads, writer.helpers):
                 while t.is_alive():
                     try:
                         t.join(_POLL)
