@@ -10,7 +10,9 @@ imported; the order rotated from rep to rep, A B C, B C A, C A B, ..., so that e
 in each place as often), then the same bytes are written raw to the same folder. Prints
 the medians, each as a ratio to the raw write's (and the best run's to the best raw write's: less
 touched by this VM's noise), and new/base when trees named so exist. The first
-write of --warm-gb GB (untimed) takes the VM's first touch of fresh memory out of the runs. A tree
+write of --warm-gb GB (untimed) takes the VM's first touch of fresh memory out of the runs. Every
+job and raw write writes into memory freed just before its timer (bench_pipeline.py's module doc;
+`--unmatched`: each unlinks its own file when done, as before the eleventh session). A tree
 without its compiled extensions is fine: the stub needs none.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_pipeline import raw_write, write_corpus  # noqa: E402
+from bench_pipeline import RAW_NAME, matched_args, raw_write, unlink_all, write_corpus  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -37,13 +39,15 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--warm-gb", type=int, default=6)
     p.add_argument("--dir", default="/dev/shm/ab")
+    p.add_argument("--unmatched", action="store_true",
+                   help="each job and raw write unlinks its own file when done (see the doc)")
     args = p.parse_args(argv)
     trees = dict(t.split("=", 1) for t in args.tree)
     os.makedirs(args.dir, exist_ok=True)
     src = os.path.join(args.dir, f"corpus{args.sentences}.txt")
     tokens = write_corpus(src, args.sentences)
     out = os.path.join(args.dir, "out.h5")
-    raw_write(args.dir, args.warm_gb << 30)
+    raw_write(args.dir, args.warm_gb << 30, keep=not args.unmatched)
     names = list(trees)
     for case in args.cases:
         layout, fmt, dtype = case.split(":")
@@ -54,13 +58,14 @@ def main(argv=None) -> int:
                 env = dict(os.environ, PYTHONPATH=str(pathlib.Path(trees[k]).resolve() / "src"))
                 cmd = [sys.executable, str(HERE / "bench_pipeline.py"), "_child", "--child", "stub",
                        "--input", src, "--output", out, "--layout", layout, "--format", fmt,
-                       "--dtype-out", dtype, "--batch-size", str(args.batch_size)]
+                       "--dtype-out", dtype, "--batch-size", str(args.batch_size),
+                       *matched_args(args.dir, out, args.unmatched)]
                 r = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if r.returncode:
                     sys.exit(f"{k} failed on {case}: {r.stderr.strip()[-2000:]}")
                 secs[k].append(json.loads(r.stdout.strip().splitlines()[-1])["seconds"])
             payload = tokens * (3 if fmt == "all" else 1) * 1024 * (4 if dtype == "float32" else 2)
-            raws.append(raw_write(args.dir, payload))
+            raws.append(raw_write(args.dir, payload, free=[out], keep=not args.unmatched))
         raw = statistics.median(raws)
         med = {k: statistics.median(v) for k, v in secs.items()}
         best = {k: min(v) for k, v in secs.items()}
@@ -72,6 +77,7 @@ def main(argv=None) -> int:
               flush=True)
         every = {**secs, "raw": raws}
         print("  seconds: " + json.dumps({k: [round(x, 3) for x in v] for k, v in every.items()}), flush=True)
+    unlink_all([out, os.path.join(args.dir, RAW_NAME)])
     return 0
 
 

@@ -18,7 +18,12 @@ close without fsync), and the ratio job / raw is reported. The job fsyncs each p
 does not: on this VM's ext4, 0.15x). Each job runs in a fresh
 process, as `elmo-fast embed` does, followed by its raw write (--stub-reps times; medians). One
 untimed write of the largest payload comes first, so that neither side pays alone for a VM's first
-touch of fresh memory.
+touch of fresh memory. Each side writes into memory freed just before its timer starts (the raw
+write's file is unlinked by the next job's process once it is ready to start, the job's output by
+the raw write): where freed memory goes back to a VM's host a moment later (free page reporting),
+a write into memory freed seconds ago ran 1.3-2x slower (bench/NOTES.md, issue 8, eleventh
+session), and the job, a process start after the last raw write, took that penalty alone until
+then. `--unmatched` measures the old way (each side unlinks its own file when done).
 e2e: the original architecture with random weights (elmo_fast.synthetic) on the CPU: `elmo-fast
 embed`'s pipeline against allennlp 0.9.0's own `ElmoEmbedder.embed_file` (loaded from the wheel by
 /work/shared/tools/allennlp_elmo.py; skipped with the reason when that is not usable), same corpus,
@@ -46,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -107,18 +112,43 @@ class StubModel:
                 "compute_dtype": "float32", "device_type": "cpu"}
 
 
-def raw_write(folder: str, nbytes: int) -> float:
-    """Seconds to write nbytes sequentially to a new file in folder (then removed)."""
+RAW_NAME = ".raw_write.bin"
+
+
+def unlink_all(paths: Sequence[str]) -> None:
+    """Removes those of `paths` that exist."""
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def raw_write(folder: str, nbytes: int, free: Sequence[str] = (), keep: bool = False) -> float:
+    """Seconds to write nbytes sequentially to a new file in folder: `free` unlinked first, just
+    before the timer starts (the memory the write then takes was freed a moment before); the file
+    is left for the next measurement to free where `keep`, else removed."""
     block = np.zeros(8 << 20, np.uint8).tobytes()
-    path = os.path.join(folder, ".raw_write.bin")
+    path = os.path.join(folder, RAW_NAME)
+    unlink_all([path, *free])
     t = time.perf_counter()
     with open(path, "wb", buffering=0) as f:
         left = nbytes
         while left > 0:
             left -= f.write(block[: min(left, len(block))])
     secs = time.perf_counter() - t
-    os.unlink(path)
+    if not keep:
+        os.unlink(path)
     return secs
+
+
+def matched_args(folder: str, out: str, unmatched: bool) -> List[str]:
+    """The stub child's arguments for a measurement matched with the raw write's (module doc): it
+    unlinks the last raw write's file and the last job's output just before its timer, and keeps
+    its own output for the next raw write to unlink."""
+    if unmatched:
+        return []
+    return ["--free", os.path.join(folder, RAW_NAME), "--free", out, "--keep-output"]
 
 
 def bench_stub(args) -> List[Dict]:
@@ -130,7 +160,7 @@ def bench_stub(args) -> List[Dict]:
         tokens = write_corpus(src, n)
         # One untimed write of the largest payload first: a VM backs guest memory on first touch, so
         # whichever of job and raw write first takes fresh pages (tmpfs) would pay for it alone.
-        raw_write(d, tokens * 3 * 1024 * 4)
+        raw_write(d, tokens * 3 * 1024 * 4, keep=not args.unmatched)
         for layout in ("flat", "allennlp"):
             for fmt in ("top", "all"):
                 for dtype_out in ("float32", "float16", "bfloat16"):
@@ -144,10 +174,11 @@ def bench_stub(args) -> List[Dict]:
                         # the raw write: within one process later jobs ran up to 2x slower (NOTES.md)
                         r = _measure("stub", src, out, ["--layout", layout, "--format", fmt,
                                                         "--dtype-out", dtype_out, "--batch-size",
-                                                        str(args.batch_size)])
+                                                        str(args.batch_size),
+                                                        *matched_args(d, out, args.unmatched)])
                         jobs.append(r["seconds"])
                         size = r["file_bytes"]
-                        raws.append(raw_write(d, payload))
+                        raws.append(raw_write(d, payload, free=[out], keep=not args.unmatched))
                     secs, raw = statistics.median(jobs), statistics.median(raws)
                     row = dict(bench="stub", layout=layout, format=fmt, dtype_out=dtype_out, sentences=n,
                                tokens=tokens, seconds=secs, tokens_per_s=tokens / secs, file_bytes=size,
@@ -257,14 +288,16 @@ def _child(args) -> None:
         from elmo_fast.corpus import EmbedderModel
 
         model = EmbedderModel(ElmoEmbedder(args.options, args.weights, stateful=False, progress=False))
-    t = time.perf_counter()
     extra = {} if args.piece_sentences is None else {"piece_sentences": args.piece_sentences}
+    unlink_all(args.free)   # just before the timer: the memory the job takes was freed a moment ago
+    t = time.perf_counter()
     embed_corpus(model, args.input, args.output, args.format, batch_size=args.batch_size,
                  batch_tokens=args.batch_tokens, layout=args.layout, dtype_out=args.dtype_out, progress=False,
                  batching="bucket", **extra)
     secs = time.perf_counter() - t
     size = os.path.getsize(args.output)
-    os.unlink(args.output)
+    if not args.keep_output:
+        os.unlink(args.output)
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "seconds": secs, "file_bytes": size}))
 
@@ -372,6 +405,9 @@ def parse_args(argv=None):
     p.add_argument("--e2e-sentences", type=int, default=400)
     p.add_argument("--e2e-reps", type=int, default=2, help="e2e: runs of each job, interleaved (median)")
     p.add_argument("--long-line", type=int, default=100_000, help="memory: tokens in the long line")
+    p.add_argument("--unmatched", action="store_true",
+                   help="stub: each side unlinks its own file when done (the job then writes into memory "
+                        "freed a process start earlier; see the module doc)")
     p.add_argument("--json", help="write the rows and the environment to this file")
     # _child only
     p.add_argument("--child", choices=("stub", "model"))
@@ -381,6 +417,8 @@ def parse_args(argv=None):
     p.add_argument("--weights")
     p.add_argument("--batch-tokens", type=int, default=None)
     p.add_argument("--piece-sentences", type=int, default=None)
+    p.add_argument("--free", action="append", default=[], help="unlinked just before the timer (repeat)")
+    p.add_argument("--keep-output", action="store_true", help="leave the output for the caller to unlink")
     p.add_argument("--layout", default="flat")
     p.add_argument("--format", default="top")
     p.add_argument("--dtype-out", default="float16")

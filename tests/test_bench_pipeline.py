@@ -40,3 +40,23 @@ def test_pieces_quick_records_one_and_four(tmp_path):
     assert [(r["layout"], r["pieces"]) for r in rows] == want
     for r in rows:
         assert r["tokens"] > 0 and r["seconds"] == statistics.median(r["seconds_each"]) > 0
+
+
+@pytest.mark.slow
+def test_stub_job_and_raw_write_each_free_the_others_file_just_before_timing(tmp_path):
+    """The matched protocol (bench_pipeline's doc): the raw write frees the job's output and keeps its
+    own file; the next job frees that file and keeps its output; --unmatched: each removes its own."""
+    bp = _bench_pipeline()
+    src, out = tmp_path / "c.txt", tmp_path / "o.h5"
+    tokens = bp.write_corpus(str(src), 50)
+    raw = tmp_path / bp.RAW_NAME
+    out.write_bytes(b"the last job's output")
+    assert bp.raw_write(str(tmp_path), 3 << 20, free=[str(out)], keep=True) > 0
+    assert not out.exists() and raw.stat().st_size == 3 << 20
+    r = bp._measure("stub", str(src), str(out), ["--layout", "flat", "--format", "top",
+                                                 *bp.matched_args(str(tmp_path), str(out), False)])
+    assert not raw.exists() and out.stat().st_size == r["file_bytes"] > tokens * 1024 * 2
+    assert bp.matched_args(str(tmp_path), str(out), True) == []
+    bp._measure("stub", str(src), str(out), ["--layout", "flat", "--format", "top"])
+    bp.raw_write(str(tmp_path), 1 << 20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
