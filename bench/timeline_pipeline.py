@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_pipeline import StubModel, write_corpus  # noqa: E402
+from bench_pipeline import RAW_NAME, StubModel, raw_write, unlink_all, write_corpus  # noqa: E402
 
 from elmo_fast.corpus import batching, diskio, embed_corpus, layouts, pipeline  # noqa: E402
 
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.makedirs(args.dir, exist_ok=True)
     src = os.path.join(args.dir, f"corpus{args.sentences}.txt")
-    write_corpus(src, args.sentences)
+    tokens = write_corpus(src, args.sentences)
     out = os.path.join(args.dir, "out.h5")
 
     t0 = [0.0]
@@ -78,21 +78,26 @@ def main(argv=None) -> int:
     for rep in range(args.reps):
         events.clear()
         collections_seen.clear()
+        unlink_all([out, os.path.join(args.dir, RAW_NAME)])   # matched with the raw write (bench_pipeline)
         t0[0] = time.perf_counter()
         embed_corpus(model, src, out, args.format, batch_size=64, layout=args.layout,
                      dtype_out=args.dtype_out, progress=False, batching="bucket")
         end = time.perf_counter() - t0[0]
-        os.unlink(out)
+        layers, width = (3 if args.format == "all" else 1), (4 if args.dtype_out == "float32" else 2)
+        payload = tokens * layers * 1024 * width
+        raw = raw_write(args.dir, payload, free=[out], keep=True)
         by = collections.defaultdict(list)
         for label, a, b in events:
             by[label].append((a, b))
-        print(f"rep {rep + 1}: job {end:.3f} s")
+        print(f"rep {rep + 1}: job {end:.3f} s; raw write of its {payload / 1e6:.0f} MB of vectors "
+              f"{raw:.3f} s (memory freed just before each)")
         for label, spans in by.items():
             print(f"  {label:13s} {len(spans):5d} calls  first {spans[0][0]:.3f}-{spans[0][1]:.3f}  "
                   f"last {spans[-1][0]:.3f}-{spans[-1][1]:.3f}  in all {sum(b - a for a, b in spans):.3f} s")
         per_gen = {g: [d for q, d in collections_seen if q == g] for g in (0, 1, 2)}
         print("  collections: " + ", ".join(f"gen {g}: {len(v)} ({sum(v):.3f} s)"
                                             for g, v in per_gen.items()))
+    unlink_all([out, os.path.join(args.dir, RAW_NAME)])
     return 0
 
 
