@@ -170,6 +170,8 @@ def bench_stub(args) -> List[Dict]:
                     payload = (tokens * (3 if fmt == "all" else 1) * 1024
                                * (4 if dtype_out == "float32" else 2))
                     jobs, raws = [], []
+                    if not args.unmatched:   # untimed: the row's first job, too, frees a payload's worth
+                        raw_write(d, payload, free=[out], keep=True)
                     for _ in range(reps):  # each job in a fresh process (as `elmo-fast embed` runs), then
                         # the raw write: within one process later jobs ran up to 2x slower (NOTES.md)
                         r = _measure("stub", src, out, ["--layout", layout, "--format", fmt,
@@ -430,6 +432,8 @@ def main(argv=None) -> int:
     if args.what == "_child":
         _child(args)
         return 0
+    if args.dir:
+        os.makedirs(args.dir, exist_ok=True)
     rows: List[Dict] = []
     for what, fn in (("stub", bench_stub), ("e2e", bench_e2e), ("memory", bench_memory),
                      ("pieces", bench_pieces), ("long-line", bench_long_line)):
