@@ -27,7 +27,7 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_pipeline import RAW_NAME, matched_args, raw_write, unlink_all, write_corpus  # noqa: E402
+from bench_pipeline import RAW_NAME, cores_check, matched_args, raw_write, unlink_all, write_corpus  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -75,6 +75,7 @@ def main(argv=None) -> int:
                         f"best {min(raws) / best[k]:.2f}x)" for k in names)
         if "base" in med and "new" in med:
             line += f"  new/base {med['base'] / med['new']:.2f} (best {best['base'] / best['new']:.2f})"
+        line += f"  cores after {cores_check():.2f}"
         print(f"{case} {line}  raw {tokens / raw:,.0f} tok/s  ({args.reps} reps, {tokens} tokens)",
               flush=True)
         every = {**secs, "raw": raws}

@@ -23,7 +23,9 @@ write's file is unlinked by the next job's process once it is ready to start, th
 the raw write): where freed memory goes back to a VM's host a moment later (free page reporting),
 a write into memory freed seconds ago ran 1.3-2x slower (bench/NOTES.md, issue 8, eleventh
 session), and the job, a process start after the last raw write, took that penalty alone until
-then. `--unmatched` measures the old way (each side unlinks its own file when done).
+then. `--unmatched` measures the old way (each side unlinks its own file when done). After each
+row, `cores_check` (two CPU-bound processes against one: 2.00 = two whole cores) says roughly how
+much of its second vCPU this VM's host lent meanwhile: the job needs both, the raw write one.
 e2e: the original architecture with random weights (elmo_fast.synthetic) on the CPU: `elmo-fast
 embed`'s pipeline against allennlp 0.9.0's own `ElmoEmbedder.embed_file` (loaded from the wheel by
 /work/shared/tools/allennlp_elmo.py; skipped with the reason when that is not usable), same corpus,
@@ -142,6 +144,23 @@ def raw_write(folder: str, nbytes: int, free: Sequence[str] = (), keep: bool = F
     return secs
 
 
+_SPIN = "x = 0\nfor i in range(8_000_000):\n    x += i"
+
+
+def cores_check() -> float:
+    """How many cores' worth of work two CPU-bound processes get at once, against one alone (2.0: two
+    whole cores; this VM's host lends its second vCPU unevenly: 1.4-2.0 seen within an hour, and the
+    job needs both). Takes ~1.5 s."""
+    def spin(n: int) -> float:
+        t = time.perf_counter()
+        ps = [subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE) for _ in range(n)]
+        for q in ps:
+            q.communicate()
+        return time.perf_counter() - t
+    alone = spin(1)
+    return 2 * alone / spin(2)
+
+
 def matched_args(folder: str, out: str, unmatched: bool) -> List[str]:
     """The stub child's arguments for a measurement matched with the raw write's (module doc): it
     unlinks the last raw write's file and the last job's output just before its timer, and keeps
@@ -182,7 +201,9 @@ def bench_stub(args) -> List[Dict]:
                         size = r["file_bytes"]
                         raws.append(raw_write(d, payload, free=[out], keep=not args.unmatched))
                     secs, raw = statistics.median(jobs), statistics.median(raws)
+                    cores = cores_check()   # after the row: what the host lent meanwhile, roughly
                     row = dict(bench="stub", layout=layout, format=fmt, dtype_out=dtype_out, sentences=n,
+                               cores_after=cores,
                                tokens=tokens, seconds=secs, tokens_per_s=tokens / secs, file_bytes=size,
                                payload_bytes=payload, raw_seconds=raw, raw_tokens_per_s=tokens / raw,
                                ratio_to_raw=raw / secs, job_seconds_each=jobs, raw_seconds_each=raws)
@@ -190,7 +211,7 @@ def bench_stub(args) -> List[Dict]:
                     print(f"stub {layout:8} --{fmt:3} {dtype_out:8} "
                           f"{row['tokens_per_s']:>12,.0f} tok/s   raw write "
                           f"{row['raw_tokens_per_s']:>12,.0f} tok/s   "
-                          f"ratio {row['ratio_to_raw']:.2f}", flush=True)
+                          f"ratio {row['ratio_to_raw']:.2f}   cores after {cores:.2f}", flush=True)
     return rows
 
 

@@ -60,3 +60,18 @@ def test_stub_job_and_raw_write_each_free_the_others_file_just_before_timing(tmp
     bp._measure("stub", str(src), str(out), ["--layout", "flat", "--format", "top"])
     bp.raw_write(str(tmp_path), 1 << 20)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
+
+
+@pytest.mark.slow
+def test_ab_pipeline_runs_a_case_matched_and_leaves_its_folder_clean(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("ab_pipeline", ROOT / "bench" / "ab_pipeline.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    argv = ["--tree", f"new={ROOT}", "--sentences", "200", "--reps", "1", "--warm-gb", "0",
+            "--dir", str(tmp_path), "flat:top:float16"]
+    assert ab.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("flat:top:float16 new ") and "x raw" in lines[0]
+    times = json.loads(lines[1].split("seconds: ", 1)[1])
+    assert len(times["new"]) == len(times["raw"]) == 1 and min(times["new"] + times["raw"]) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus200.txt"]
